@@ -7,3 +7,15 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """Too many non-finite losses in a row."""
+
+
+class FieldError(ValueError):
+    """A bad value for one recipe field, raised by a dataclass's ``__post_init__``.
+
+    The recipe loader adds the key path and the file, and turns it into a UserError.
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message

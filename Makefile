@@ -1,0 +1,27 @@
+# Two commands do all the set-up: `make demo` and `make test` (both create .venv when needed).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUITE  := $(VENV)/bin/suite
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?= -q
+
+.PHONY: install demo test clean-demo
+
+install: $(STAMP)
+
+# Re-installs only when the dependency files change, so repeated calls are instant.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+# Offline quickstart: pretrain on source shapes, fine-tune on new target shapes, compare with scratch.
+demo: install
+	$(SUITE) run recipes/quickstart/shapes-pretrain.yaml --out runs/quickstart-pretrain
+	$(SUITE) run recipes/quickstart/shapes-finetune.yaml --out runs/quickstart-finetune
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf runs/quickstart-pretrain runs/quickstart-finetune data/shapes-source data/shapes-target

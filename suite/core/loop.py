@@ -1,0 +1,275 @@
+"""fit(): the freeze schedule run stage by stage, with AMP, accumulation, clipping,
+a non-finite-loss guard, early stopping, EMA, atomic checkpoints and exact resume.
+
+Knows no modality: the modality hands in a loss function, an evaluation function and a
+loader factory.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from suite.core import checkpoint, report
+from suite.core.groups import ParamGroup, freeze_batchnorm, group_names, make_optimizer, optimizer_groups, set_trainable
+from suite.core.schedule import Stage, group_lrs, lr_factor, trainable_groups
+from suite.errors import TrainingDiverged, UserError
+
+LOWER_IS_BETTER = ("loss", "mse", "mae", "wer", "cer")
+
+
+def metric_mode(key: str) -> str:
+    return "min" if key.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "max"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device auto or cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on a GPU that has it, else fp16 on GPU; full fp32 on CPU (faster there)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@dataclass
+class FitOptions:
+    """What fit() needs from a recipe's optim/train sections (core does not read recipes)."""
+
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    precision: str = "auto"
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    seed: int = 0
+    select_metric: str = "val/loss"  # picks best.safetensors
+    early_stop_patience: int | None = None  # per stage, on select_metric
+    ema: float | None = None
+    max_nonfinite: int = 10
+
+
+@dataclass
+class Position:
+    """Where a run is: the next stage and epoch within it, and epochs done overall."""
+
+    stage: int = 0
+    stage_epoch: int = 0
+    epoch: int = 0
+    best: float | None = None
+    best_epoch: int = -1
+    stage_best: float | None = None
+    stale: int = 0  # epochs without improvement in this stage
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Hooks:
+    """The modality's side of the loop."""
+
+    loss: Callable[[nn.Module, object], torch.Tensor]  # one batch -> scalar loss (moves the batch itself)
+    evaluate: Callable[[nn.Module], dict[str, float]]  # -> prefixed metrics, e.g. {"val/loss", "val/accuracy"}
+    train_loader: Callable[[int], Iterable]  # epoch -> loader (seeded per epoch, so resume is exact)
+    on_epoch_end: Sequence[Callable[[Position], None]] = ()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _better(value: float, ref: float | None, mode: str) -> bool:
+    return ref is None or (value < ref if mode == "min" else value > ref)
+
+
+class _Trainer:
+    def __init__(self, model, groups, stages, hooks, opts, run_dir, device):
+        self.model, self.groups, self.stages, self.hooks, self.o = model, groups, stages, hooks, opts
+        self.dir, self.device = Path(run_dir), device
+        self.names = group_names(groups)
+        self.amp = autocast_dtype(opts.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        self.ema = None
+        if opts.ema:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(opts.ema), use_buffers=True)
+        self.nonfinite = 0
+        self.mode = metric_mode(opts.select_metric)
+
+    # ----- one stage ---------------------------------------------------------------------
+    def begin_stage(self, i: int, steps_per_epoch: int, saved: dict | None):
+        stage = self.stages[i]
+        where = f"schedule stage {i}"
+        self.trainable = trainable_groups(stage.train, self.names, where)
+        set_trainable(self.groups, self.trainable)
+        lrs = group_lrs(stage, self.names, where)
+        self.opt = make_optimizer(self.o.optimizer, optimizer_groups(self.groups, lrs, self.o.weight_decay), self.o.momentum)
+        total = stage.epochs * math.ceil(steps_per_epoch / self.o.grad_accum)
+        warmup, kind = stage.warmup or 0.0, stage.scheduler or "cosine"
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, total, warmup, kind))
+        if saved is not None:  # resume: same groups, so the saved optimizer state fits
+            self.opt.load_state_dict(saved["optimizer"])
+            self.sched.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+
+    def train_epoch(self, loader, desc: str) -> tuple[float, float]:
+        self.model.train()
+        freeze_batchnorm(self.groups, self.trainable)
+        total, count = 0.0, 0
+        self.opt.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+        for i, batch in enumerate(bar):
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                loss = self.hooks.loss(self.model, batch)
+            if not torch.isfinite(loss):
+                self._nonfinite(loss)
+                continue
+            self.nonfinite = 0
+            self.scaler.scale(loss / self.o.grad_accum).backward()
+            if (i + 1) % self.o.grad_accum == 0 or i + 1 == len(loader):
+                self._step()
+            total, count = total + loss.item(), count + 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return (total / count if count else float("nan")), self.opt.param_groups[-1]["lr"]
+
+    def _nonfinite(self, loss) -> None:
+        self.nonfinite += 1
+        self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
+        if self.nonfinite >= self.o.max_nonfinite:
+            raise TrainingDiverged(
+                f"loss was {loss.item()} for {self.nonfinite} batches in a row: lower the stage's lr, "
+                "set train.clip_grad, or check the data for bad labels")
+
+    def _step(self) -> None:
+        if self.o.clip_grad:
+            self.scaler.unscale_(self.opt)
+            params = [p for g in self.opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.o.clip_grad)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ----- checkpoints -------------------------------------------------------------------
+    def save_last(self, pos: Position) -> None:
+        checkpoint.save_state(self.dir / "checkpoints" / "last.pt", {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "position": {k: v for k, v in vars(pos).items() if k != "history"},
+            "history": pos.history,
+            "rng": checkpoint.rng_state(),
+            "nonfinite": self.nonfinite,
+        })
+
+    def save_best(self) -> None:
+        checkpoint.save_weights(self.dir / "checkpoints" / "best.safetensors", self.eval_model.state_dict())
+
+
+def _restore(trainer: _Trainer, saved: dict) -> Position:
+    trainer.model.load_state_dict(saved["model"])
+    if trainer.ema is not None and saved["ema"] is not None:
+        trainer.ema.load_state_dict(saved["ema"])
+    trainer.nonfinite = saved["nonfinite"]
+    checkpoint.set_rng_state(saved["rng"])
+    return Position(**saved["position"], history=list(saved["history"]))
+
+
+def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage], hooks: Hooks,
+        opts: FitOptions, run_dir: str | Path, device: torch.device, resume: bool = False) -> Position:
+    """Run every stage in order; ``resume`` continues from ``run_dir/checkpoints/last.pt``."""
+    trainer = _Trainer(model, groups, stages, hooks, opts, run_dir, device)
+    saved = checkpoint.load_state(Path(run_dir) / "checkpoints" / "last.pt") if resume else None
+    pos = _restore(trainer, saved) if saved else Position()
+    writer = _tensorboard(Path(run_dir) / "tb", purge_step=pos.epoch)
+    try:
+        while pos.stage < len(stages):
+            _run_stage(trainer, pos, saved, writer)
+            saved = None
+            pos.stage, pos.stage_epoch, pos.stage_best, pos.stale = pos.stage + 1, 0, None, 0
+    finally:
+        if writer is not None:
+            writer.close()
+    return pos
+
+
+def _run_stage(t: _Trainer, pos: Position, saved: dict | None, writer) -> None:
+    stage = t.stages[pos.stage]
+    seed_everything(t.o.seed + pos.epoch)
+    steps = len(t.hooks.train_loader(pos.epoch))
+    t.begin_stage(pos.stage, steps, saved)
+    while pos.stage_epoch < stage.epochs:
+        seed_everything(t.o.seed + pos.epoch)
+        loader = t.hooks.train_loader(pos.epoch)
+        desc = f"stage {pos.stage} epoch {pos.stage_epoch + 1}/{stage.epochs}"
+        train_loss, lr = t.train_epoch(loader, desc)
+        metrics = t.hooks.evaluate(t.eval_model)
+        row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, "train/loss": train_loss, **metrics}
+        pos.history.append(row)
+        pos.epoch, pos.stage_epoch = pos.epoch + 1, pos.stage_epoch + 1
+        stop = _track(t, pos, metrics)
+        if stop:
+            pos.stage_epoch = stage.epochs
+        t.save_last(pos)
+        report.write_history(t.dir / "history.csv", pos.history)
+        _log(row, writer, stop, t.o)
+        for callback in t.hooks.on_epoch_end:
+            callback(pos)
+
+
+def _track(t: _Trainer, pos: Position, metrics: dict[str, float]) -> bool:
+    """Best checkpoint over the whole run; early stop (True) when this stage stalls."""
+    key = t.o.select_metric
+    if key not in metrics:
+        raise UserError(f"metric '{key}' is not computed for this task; choose one of: {', '.join(metrics)}")
+    value = metrics[key]
+    if _better(value, pos.best, t.mode):
+        pos.best, pos.best_epoch = value, pos.epoch
+        t.save_best()
+    if _better(value, pos.stage_best, t.mode):
+        pos.stage_best, pos.stale = value, 0
+    else:
+        pos.stale += 1
+    return t.o.early_stop_patience is not None and pos.stale >= t.o.early_stop_patience
+
+
+def _tensorboard(path: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but a broken install should not stop training
+        return None
+    return SummaryWriter(str(path), purge_step=purge_step)
+
+
+def _log(row: dict, writer, stopped: bool, opts: FitOptions) -> None:
+    if writer is not None:
+        for key, value in row.items():
+            if key not in ("epoch", "stage") and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+    shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "stage") and isinstance(v, float))
+    note = f" (no gain in {opts.select_metric} for {opts.early_stop_patience} epochs: next stage)" if stopped else ""
+    tqdm.write(f"epoch {row['epoch']} stage {row['stage']}: {shown}{note}")

@@ -1,0 +1,255 @@
+"""Evaluation metrics: a thin, modality-free layer over torchmetrics.
+
+Keys are lower-case; a split prefix with ``/`` is added only at the edge
+(``EvalResult.prefixed("val")`` -> ``val/accuracy``), so training code, plots and
+metrics.json all agree on one spelling.
+
+Absent classes (checked against scikit-learn 1.9 / torchmetrics 1.9): macro precision,
+recall and F1 are the mean over the classes that occur in the targets *or* the
+predictions. A class that is never predicted but present in the targets counts with
+precision 0 (``zero_division=0``), exactly as in sklearn. A class that appears in
+neither is left out of the mean by torchmetrics; that equals sklearn's default
+(``labels=None``, the union of observed labels), but NOT
+``sklearn.metrics.f1_score(..., labels=range(C))``, which would average in a 0 for it.
+The per-class table still lists every label (absent ones as 0 with support 0).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+
+from suite.core.checkpoint import atomic_write_text
+from suite.errors import UserError
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "top5")
+REGRESSION_METRICS = ("mse", "mae")
+_VALID = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+# Every evaluator reports the loss it was given, so "loss"/"val/loss" is always a valid name
+# (e.g. to monitor for early stopping); it is not in the tuples because it is not computed here.
+_ALWAYS_VALID = ("loss",)
+_SPLITS = ("train", "val", "test")
+TOP_K = 5
+
+
+def check_metric_names(
+    names: Iterable[str], task_kind: str, *, num_classes: int | None = None
+) -> None:
+    """Raise UserError for a metric name the task cannot produce.
+
+    Names may carry a split prefix (``val/f1``). With ``num_classes`` given, ``top5`` is
+    refused when there are not more than 5 classes (it would always be 1.0).
+    """
+    if task_kind not in _VALID:
+        raise ValueError(f"task_kind must be one of {sorted(_VALID)}, got {task_kind!r}")
+    valid = _VALID[task_kind] + _ALWAYS_VALID
+    for name in names:
+        split, _, bare = name.rpartition("/")
+        if split and split not in _SPLITS:
+            raise UserError(
+                f"metric {name!r}: split prefix must be one of {', '.join(_SPLITS)}"
+            )
+        if bare not in valid:
+            close = difflib.get_close_matches(bare, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UserError(
+                f"unknown {task_kind} metric {name!r}.{hint} Valid: {', '.join(valid)}"
+            )
+        if bare == "top5" and num_classes is not None and num_classes <= TOP_K:
+            raise UserError(
+                f"metric 'top5' needs more than {TOP_K} classes; this task has {num_classes}"
+            )
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    confusion: list[list[int]] | None = None  # rows = true class, cols = predicted
+
+    def prefixed(self, split: str) -> dict[str, float]:
+        return {f"{split}/{k}": v for k, v in self.metrics.items()}
+
+
+class _Evaluator:
+    """Shared bookkeeping: a torchmetrics collection plus a sample-weighted loss mean."""
+
+    def __init__(self, metrics: dict[str, Metric], device: str | torch.device) -> None:
+        self.device = torch.device(device)
+        # compute_groups lets precision/recall/f1 (and their per-class twins) share one
+        # set of stat-score states instead of counting the same tp/fp/fn six times.
+        self._metrics = MetricCollection(metrics, compute_groups=True).to(self.device)
+        self.reset()
+
+    def reset(self) -> None:
+        self._metrics.reset()
+        self._loss_sum = 0.0
+        self._loss_n = 0
+        self._n = 0
+
+    def _update(self, preds: Tensor, target: Tensor, loss: float | Tensor | None, n: int | None) -> None:
+        batch = int(target.shape[0])
+        self._metrics.update(preds.detach().to(self.device), target.detach().to(self.device))
+        self._n += batch
+        if loss is not None:
+            weight = batch if n is None else int(n)
+            self._loss_sum += float(loss) * weight
+            self._loss_n += weight
+
+    def _compute(self) -> tuple[dict[str, float], dict[str, Tensor]]:
+        if self._n == 0:
+            raise UserError("no samples were evaluated: is the evaluation split empty?")
+        raw = self._metrics.compute()
+        out: dict[str, float] = {}
+        if self._loss_n:
+            out["loss"] = self._loss_sum / self._loss_n
+        return out, raw
+
+
+class ClassificationEvaluator(_Evaluator):
+    """Accuracy (micro), macro precision/recall/F1, top-5 when C > 5, confusion, per-class."""
+
+    def __init__(self, labels: Sequence[str], device: str | torch.device = "cpu") -> None:
+        self.labels = [str(label) for label in labels]
+        c = len(self.labels)
+        if c < 2:
+            raise ValueError(f"classification needs at least 2 labels, got {c}")
+        if len(set(self.labels)) != c:
+            raise ValueError("labels must be unique (they key the per-class table)")
+        metrics: dict[str, Metric] = {
+            "accuracy": MulticlassAccuracy(c, average="micro"),
+            "precision": MulticlassPrecision(c, average="macro", zero_division=0),
+            "recall": MulticlassRecall(c, average="macro", zero_division=0),
+            "f1": MulticlassF1Score(c, average="macro", zero_division=0),
+            "class_precision": MulticlassPrecision(c, average="none", zero_division=0),
+            "class_recall": MulticlassRecall(c, average="none", zero_division=0),
+            "class_f1": MulticlassF1Score(c, average="none", zero_division=0),
+            "confusion": MulticlassConfusionMatrix(c),
+        }
+        if c > TOP_K:
+            metrics["top5"] = MulticlassAccuracy(c, top_k=TOP_K, average="micro")
+        super().__init__(metrics, device)
+
+    def update(
+        self, logits: Tensor, target: Tensor, loss: float | Tensor | None = None, n: int | None = None
+    ) -> None:
+        """Add a batch: ``logits`` [N, C] (scores, any scale), ``target`` [N] class indices."""
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            raise ValueError(
+                f"logits must be [N, {len(self.labels)}], got {list(logits.shape)}"
+            )
+        self._update(logits, target.long(), loss, n)
+
+    def compute(self) -> EvalResult:
+        out, raw = self._compute()
+        for key in ("accuracy", "precision", "recall", "f1", "top5"):
+            if key in raw:
+                out[key] = _scalar(raw[key])
+        confusion = raw["confusion"].long().cpu()
+        support = confusion.sum(dim=1)  # row sums = how many samples truly had each class
+        per_class = {
+            label: {
+                "precision": _scalar(raw["class_precision"][i]),
+                "recall": _scalar(raw["class_recall"][i]),
+                "f1": _scalar(raw["class_f1"][i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(self.labels)
+        }
+        return EvalResult(metrics=out, per_class=per_class, confusion=confusion.tolist())
+
+
+class RegressionEvaluator(_Evaluator):
+    """Mean squared and mean absolute error of a single scalar output."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        super().__init__({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}, device)
+
+    def update(
+        self, pred: Tensor, target: Tensor, loss: float | Tensor | None = None, n: int | None = None
+    ) -> None:
+        """Add a batch: ``pred`` [N] or [N, 1], ``target`` [N] or [N, 1]."""
+        pred, target = _flatten_column(pred, "pred"), _flatten_column(target, "target")
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {list(pred.shape)} and target {list(target.shape)} differ")
+        self._update(pred.float(), target.float(), loss, n)
+
+    def compute(self) -> EvalResult:
+        out, raw = self._compute()
+        out["mse"] = _scalar(raw["mse"])
+        out["mae"] = _scalar(raw["mae"])
+        return EvalResult(metrics=out)
+
+
+def _scalar(t: Tensor) -> float:
+    """A Python float; float32 results become their shortest round-tripping decimal
+    (0.06, not 0.05999999865889549) so metrics.json and the report stay readable."""
+    if t.dtype == torch.float32:
+        return float(str(np.float32(t.item())))
+    return float(t)
+
+
+def _flatten_column(x: Tensor, name: str) -> Tensor:
+    if x.ndim == 2 and x.shape[1] == 1:
+        return x[:, 0]
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be [N] or [N, 1], got {list(x.shape)}")
+    return x
+
+
+def metrics_document(
+    task: str,
+    val: EvalResult,
+    test: EvalResult | None = None,
+    baselines: dict[str, dict] | None = None,
+) -> dict[str, Any]:
+    """The metrics.json structure.
+
+    ``test`` is ``{}`` when no test split was evaluated and ``confusion`` is ``None`` for
+    regression, so readers can index every key without checking the task kind.
+    ``per_class`` keys are in label order; ``confusion`` rows/cols follow that order.
+    """
+    return {
+        "task": task,
+        "val": val.prefixed("val"),
+        "test": test.prefixed("test") if test is not None else {},
+        "per_class": val.per_class,
+        "confusion": val.confusion,
+        "baselines": dict(baselines or {}),
+    }
+
+
+def write_metrics_json(path: str | os.PathLike, document: dict) -> Path:
+    """Write atomically with indent=2. Tensors/numpy scalars become plain numbers and
+    NaN/inf become null, because bare NaN is not valid JSON and breaks other readers."""
+    text = json.dumps(_plain(document), indent=2, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # tensors and numpy arrays/scalars -> Python numbers
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

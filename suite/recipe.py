@@ -1,0 +1,370 @@
+"""Recipes: YAML (safe_load) into frozen, validated dataclasses, with ``-s key=value`` overrides.
+
+Every mistake becomes one UserError line naming the file, the line where known, the key
+and the closest valid key. Values are parsed as YAML, never evaluated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from suite.core.schedule import SCHEDULERS, Stage
+from suite.errors import FieldError, UserError
+from suite.tasks import REGISTRY
+
+TASKS = tuple(REGISTRY)  # tasks with a modality behind them
+BALANCE = ("none", "sampler", "loss")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+BASELINES = ("scratch",)
+QUANTIZE = ("int8-dynamic", "int8-static")
+
+
+def _one_of(name: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        close = difflib.get_close_matches(str(value), valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise FieldError(name, f"'{value}' is not valid{hint}; choose one of: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class HeadCfg:
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if any(h < 1 for h in self.hidden):
+            raise FieldError("hidden", f"layer sizes must be >= 1, got {list(self.hidden)}")
+        if not 0 <= self.dropout < 1:
+            raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    arch: str
+    weights: str = "none"
+    head: HeadCfg = field(default_factory=HeadCfg)
+
+
+@dataclass(frozen=True)
+class SyntheticCfg:
+    classes: tuple[str, ...] = ("circle", "square", "triangle", "star")
+    train_per_class: int = 20
+    val_per_class: int = 20
+    test_per_class: int = 0
+    size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.train_per_class < 1 or self.val_per_class < 1 or self.test_per_class < 0:
+            raise FieldError("train_per_class", "train/val counts must be >= 1 and test >= 0")
+        if self.size < 16:
+            raise FieldError("size", f"must be >= 16, got {self.size}")
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    format: str
+    root: str = ""
+    image_size: int | None = None  # final crop; overrides the size from the weights' metadata
+    resize: int | None = None  # shorter side before the centre crop; default keeps the weights' ratio
+    val_split: float = 0.2  # used when the data has no val split of its own
+    balance: str = "none"  # none | sampler (weighted sampler) | loss (class-weighted loss)
+    augment: str = "standard"  # none | light | standard
+    num_workers: int = 0
+    synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
+
+    def __post_init__(self):
+        _one_of("balance", self.balance, BALANCE)
+        if not 0 < self.val_split < 1:
+            raise FieldError("val_split", f"must be between 0 and 1, got {self.val_split}")
+        if self.image_size is not None and self.image_size < 8:
+            raise FieldError("image_size", f"must be >= 8, got {self.image_size}")
+        if self.resize is not None and self.resize < (self.image_size or 8):
+            raise FieldError("resize", f"must be >= image_size, got {self.resize}")
+        if self.num_workers < 0:
+            raise FieldError("num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    name: str = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd only
+    warmup: float = 0.0  # default warm-up fraction of each stage
+    scheduler: str = "cosine"  # default per-stage schedule
+
+    def __post_init__(self):
+        _one_of("name", self.name, OPTIMIZERS)
+        _one_of("scheduler", self.scheduler, SCHEDULERS)
+        if not 0 <= self.warmup < 1:
+            raise FieldError("warmup", f"must be in [0, 1), got {self.warmup}")
+        if self.weight_decay < 0:
+            raise FieldError("weight_decay", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EarlyStopCfg:
+    metric: str = "val/loss"
+    patience: int = 5
+
+    def __post_init__(self):
+        if "/" not in self.metric:
+            raise FieldError("metric", f"must be a split-prefixed key like val/f1, got '{self.metric}'")
+        if self.patience < 1:
+            raise FieldError("patience", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    precision: str = "auto"
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    seed: int = 0
+    early_stop: EarlyStopCfg | None = None  # ends the current stage when the metric stalls
+    ema: float | None = None  # EMA decay of the weights, e.g. 0.999
+    max_nonfinite: int = 10  # stop after this many non-finite losses in a row
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        _one_of("precision", self.precision, PRECISIONS)
+        if self.batch_size < 1 or self.grad_accum < 1 or self.max_nonfinite < 1:
+            raise FieldError("batch_size", "batch_size, grad_accum and max_nonfinite must be >= 1")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise FieldError("clip_grad", f"must be > 0 (or null to disable), got {self.clip_grad}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise FieldError("ema", f"must be in (0, 1), e.g. 0.999, got {self.ema}")
+        if not 0 <= self.label_smoothing < 1:
+            raise FieldError("label_smoothing", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    metrics: tuple[str, ...] = ()  # () means every metric of the task
+    compare: tuple[str, ...] = ()  # baselines trained with the same budget: scratch
+
+    def __post_init__(self):
+        for name in self.compare:
+            _one_of("compare", name, BASELINES)
+
+
+@dataclass(frozen=True)
+class VerifyCfg:
+    atol: float = 1.0e-4
+    max_metric_drop: float = 0.5  # points of the task metric
+
+
+@dataclass(frozen=True)
+class ExportCfg:
+    onnx: bool = False
+    opset: int = 18
+    quantize: tuple[str, ...] = ()
+    verify: VerifyCfg = field(default_factory=VerifyCfg)
+
+    def __post_init__(self):
+        for q in self.quantize:
+            _one_of("quantize", q, QUANTIZE)
+
+
+@dataclass(frozen=True)
+class BenchCfg:
+    batch_sizes: tuple[int, ...] = (1, 8)
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    task: str
+    model: ModelCfg
+    data: DataCfg
+    schedule: tuple[Stage, ...]
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    export: ExportCfg = field(default_factory=ExportCfg)
+    bench: BenchCfg = field(default_factory=BenchCfg)
+
+    def __post_init__(self):
+        _one_of("task", self.task, TASKS)
+        if not self.schedule:
+            raise FieldError("schedule", "needs at least one stage, e.g. {epochs: 3, train: head, lr: 1.0e-3}")
+
+    def stages(self) -> list[Stage]:
+        """The schedule with the optimizer's warm-up and scheduler filled in where a stage is silent."""
+        fill = {"warmup": self.optim.warmup, "scheduler": self.optim.scheduler}
+        return [dataclasses.replace(s, **{k: v for k, v in fill.items() if getattr(s, k) is None}) for s in self.schedule]
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ----- loading -----------------------------------------------------------------------------
+
+
+class _Where:
+    """File name and YAML node tree, to point an error at the right line."""
+
+    def __init__(self, source: str, text: str | None):
+        self.source = source
+        self.root = yaml.compose(text) if text else None
+
+    def line(self, path: Sequence[str | int]) -> int | None:
+        node, line = self.root, None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                match = [(k, v) for k, v in node.value if k.value == str(part)]
+                if not match:
+                    break
+                line, node = match[0][0].start_mark.line + 1, match[0][1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def error(self, path: Sequence[str | int], message: str) -> UserError:
+        line = self.line(path)
+        at = f"{self.source}:{line}" if line else self.source
+        key = ".".join(str(p) for p in path)
+        return UserError(f"{at}: {key}: {message}" if key else f"{at}: {message}")
+
+
+def _build(cls, raw, path: list, where: _Where):
+    if not isinstance(raw, Mapping):
+        raise where.error(path, f"expected a mapping of {cls.__name__} keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise where.error([*path, key], f"unknown key; {hint}(valid: {', '.join(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], [*path, f.name], where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise where.error([*path, f.name], "missing required key")
+    try:
+        return cls(**kwargs)
+    except FieldError as e:
+        raise where.error([*path, e.field], e.message) from None
+
+
+def _coerce(tp, value, path: list, where: _Where):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(inner[0], value, path, where)
+        return _stage_train(value, path, where)  # the only multi-type field
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, path, where)
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(args[0], v, [*path, i], where) for i, v in enumerate(items))
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise where.error(path, f"expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, [*path, k], where) for k, v in value.items()}
+    return _scalar(tp, value, path, where)
+
+
+def _scalar(tp, value, path, where):
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    ok = {
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp, True)
+    if not ok:
+        raise where.error(path, f"expected {tp.__name__}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _stage_train(value, path, where):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if isinstance(value, Mapping):
+        return dict(value)  # {last: k}, checked against the model's groups by the schedule
+    raise where.error(path, f"expected head, all, a list of group names or {{last: k}}, got {value!r}")
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """``-s model.head.dropout=0.2``, ``-s schedule.0.lr=1e-4``: values are parsed as YAML."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' must look like key.sub=value")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            raise UserError(f"override '{item}': value is not valid YAML ({e.problem})") from None
+        node, parts = raw, key.split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise UserError(f"override '{item}': '{'.'.join(parts[:i])}' has {len(node)} items; use an index 0..{len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise UserError(f"override '{item}': '{'.'.join(parts[:i])}' is not a mapping")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}
+                node = node[part]
+    return raw
+
+
+def parse_recipe(raw, source: str = "<recipe>", text: str | None = None) -> Recipe:
+    return _build(Recipe, raw, [], _Where(source, text))
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} not found; `suite ls recipes` lists the bundled ones")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a mapping of keys (name, task, model, data, schedule, ...)")
+    return parse_recipe(apply_overrides(raw, overrides), str(path), text)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

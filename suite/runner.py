@@ -1,0 +1,138 @@
+"""`suite run`: one recipe end to end into the run directory (see DESIGN.md's contract)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from suite.core import checkpoint, metrics, report
+from suite.core.groups import check_groups, group_names
+from suite.core.loop import FitOptions, Position, fit, resolve_device
+from suite.core.schedule import Stage, check_schedule, total_epochs
+from suite.errors import UserError
+from suite.recipe import Recipe, dump_recipe, load_recipe
+from suite.tasks import modality_for
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict  # the metrics.json document
+    table: str  # fine-tuned vs baselines, markdown
+
+
+def log(message: str) -> None:
+    tqdm.write(message)
+
+
+def fit_options(recipe: Recipe, default_metric: str) -> FitOptions:
+    t, o = recipe.train, recipe.optim
+    return FitOptions(
+        optimizer=o.name, weight_decay=o.weight_decay, momentum=o.momentum, precision=t.precision,
+        grad_accum=t.grad_accum, clip_grad=t.clip_grad, seed=t.seed,
+        select_metric=t.early_stop.metric if t.early_stop else default_metric,
+        early_stop_patience=t.early_stop.patience if t.early_stop else None,
+        ema=t.ema, max_nonfinite=t.max_nonfinite)
+
+
+def scratch_recipe(recipe: Recipe) -> Recipe:
+    """The same model from random init, every group trained for the schedule's whole budget.
+
+    It uses the first stage's LR (the head's, usually the largest) with the recipe's optimizer.
+    """
+    stage = Stage(epochs=total_epochs(recipe.schedule), train="all", lr=recipe.schedule[0].lr)
+    return dataclasses.replace(
+        recipe, name=f"{recipe.name}-scratch", schedule=(stage,),
+        model=dataclasses.replace(recipe.model, weights="none"),
+        eval=dataclasses.replace(recipe.eval, compare=()))
+
+
+def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str | Path | None = None,
+        device: str = "auto", resume: str | Path | None = None,
+        on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
+    """Train, evaluate, compare with baselines, write the run directory."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"cannot resume {run_dir}: no checkpoints/last.pt there; start it with `suite run RECIPE`")
+        recipe = load_recipe(run_dir / "recipe.yaml", overrides)
+    else:
+        recipe = load_recipe(recipe_path, overrides)
+        run_dir = Path(out) if out else Path("runs") / recipe.name
+    return run_recipe(recipe, run_dir, resolve_device(device), resume is not None, on_epoch_end)
+
+
+def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool = False,
+               on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    mod = modality_for(recipe.task)
+    data = mod.load_data(recipe)
+    log(f"[{recipe.name}] data: {data.report.summary()}")
+    model, groups = _model_and_groups(mod, recipe, data, recipe.model.weights)
+    model.to(device)
+    opts = fit_options(recipe, mod.default_metric(recipe))
+    log(f"[{recipe.name}] training on {device}: groups {', '.join(group_names(groups))}")
+    hooks = dataclasses.replace(mod.hooks(recipe, data, device), on_epoch_end=on_epoch_end)
+    fit(model, groups, recipe.stages(), hooks, opts, run_dir, device, resume)
+
+    best = run_dir / "checkpoints" / "best.safetensors"
+    model.load_state_dict(_load_weights(best))
+    val = mod.evaluate(recipe, model, data, "val", device)
+    test = mod.evaluate(recipe, model, data, "test", device)
+    baselines = {name: _baseline(name, recipe, run_dir, device, resume) for name in recipe.eval.compare}
+    document = metrics.metrics_document(recipe.task, val, test, baselines)
+    metrics.write_metrics_json(run_dir / "metrics.json", document)
+    table = _comparison(recipe, val, baselines)
+    _write_report(recipe, run_dir, mod, val, data, table, time.perf_counter() - start)
+    return RunResult(run_dir, document, table)
+
+
+def _model_and_groups(mod, recipe: Recipe, data, weights: str):
+    model = mod.build_model(recipe, data, weights)
+    groups = mod.groups(recipe, model)
+    check_groups(model, groups)
+    check_schedule(recipe.stages(), group_names(groups))
+    return model, groups
+
+
+def _load_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _baseline(name: str, recipe: Recipe, run_dir: Path, device: torch.device, resume: bool) -> dict:
+    sub = scratch_recipe(recipe)
+    sub_dir = run_dir / "baselines" / name
+    log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs from random init")
+    again = resume and (sub_dir / "checkpoints" / "last.pt").is_file()
+    result = run_recipe(sub, sub_dir, device, again)
+    return {split: result.metrics[split] for split in ("val", "test") if result.metrics.get(split)}
+
+
+def _comparison(recipe: Recipe, val, baselines: dict) -> str:
+    wanted = [f"val/{m}" for m in recipe.eval.metrics] or None
+    rows = {"fine-tuned": val.prefixed("val")}
+    rows.update({name: b["val"] for name, b in baselines.items()})
+    return report.comparison_table(rows, wanted)
+
+
+def _write_report(recipe: Recipe, run_dir: Path, mod, val, data, table: str, seconds: float) -> None:
+    plots_dir = run_dir / "plots"
+    history = report.read_history(run_dir / "history.csv")
+    plots = [report.plot_curves(history, plots_dir / "curves.png"), *mod.plots(val, data, plots_dir)]
+    summary = {"task": recipe.task, "model": recipe.model.arch, "weights": recipe.model.weights,
+               "data": f"{recipe.data.format} {recipe.data.root}".strip(), "classes": str(len(data.labels)),
+               "epochs": str(len(history)), "wall time": f"{seconds:.1f} s"}
+    sections = [("Data", data.report.summary()),
+                ("Schedule", "\n".join(f"- stage {i}: {s}" for i, s in enumerate(recipe.stages()))),
+                ("Validation metrics", table)]
+    report.write_report(run_dir / "report.md", title=f"Run {recipe.name}", summary=summary,
+                        sections=sections, plots=plots)

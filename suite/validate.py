@@ -1,0 +1,36 @@
+"""`suite validate` and `suite eval`: recipes and datasets checked, saved runs re-evaluated."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from suite.recipe import load_recipe
+from suite.runner import _load_weights, _model_and_groups
+from suite.core.loop import resolve_device
+from suite.errors import UserError
+from suite.tasks import modality_for
+
+
+def validate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> str:
+    """Schema, dataset scan, and the schedule against the model's groups (random init: no weights needed)."""
+    recipe = load_recipe(path, overrides)
+    mod = modality_for(recipe.task)
+    data = mod.load_data(recipe)
+    _, groups = _model_and_groups(mod, recipe, data, "none")
+    return f"{len(data.labels)} classes, {len(groups)} groups, {len(recipe.schedule)} stages; data: {data.report.summary()}"
+
+
+def evaluate_run(run_dir: Path, split: str, device: str = "auto") -> dict[str, float]:
+    best = run_dir / "checkpoints" / "best.safetensors"
+    if not best.is_file():
+        raise UserError(f"{run_dir} has no checkpoints/best.safetensors; is it a finished `suite run` directory?")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    mod = modality_for(recipe.task)
+    data = mod.load_data(recipe)
+    dev = resolve_device(device)
+    model = mod.build_model(recipe, data, "none")
+    model.load_state_dict(_load_weights(best))
+    result = mod.evaluate(recipe, model.to(dev), data, split, dev)
+    if result is None:
+        raise UserError(f"the data of {run_dir} has no '{split}' split")
+    return result.prefixed(split)

@@ -1,0 +1,136 @@
+"""The image modality: classification and regression heads on torchvision/timm backbones."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from suite.core import report
+from suite.core.groups import ParamGroup
+from suite.core.loop import Hooks
+from suite.core.metrics import ClassificationEvaluator, EvalResult, RegressionEvaluator, check_metric_names
+from suite.errors import UserError
+from suite.recipe import Recipe
+from suite.vision import data as vdata
+from suite.vision import models
+from suite.vision.transforms import build_transforms
+
+SYNTHETIC = "synthetic:shapes"
+
+
+def _regression(recipe: Recipe) -> bool:
+    return recipe.task == "image-regression"
+
+
+class VisionModality:
+    """Satisfies suite.tasks.Modality for image-classification and image-regression."""
+
+    def load_data(self, recipe: Recipe) -> vdata.VisionData:
+        d = recipe.data
+        check_metric_names(recipe.eval.metrics, "regression" if _regression(recipe) else "classification")
+        pre = _preprocess(recipe)
+        train_tf, eval_tf = build_transforms(pre, d.augment)
+        fmt, root = d.format, d.root
+        if fmt == SYNTHETIC:
+            root = root or f"data/{recipe.name}"
+            _make_shapes(d, Path(root))
+            fmt = "imagefolder"
+        if not root and not fmt.startswith("torchvision:"):
+            raise UserError(f"data.root is empty; point it at your data: -s data.root=PATH ({fmt})")
+        data = vdata.build_vision_data(fmt, root or "data/torchvision", recipe.task, d.val_split, recipe.train.seed,
+                                       train_tf, eval_tf)
+        data.preprocess = pre  # the bundle's preprocessing at export time
+        return data
+
+    def build_model(self, recipe: Recipe, data, weights: str) -> nn.Module:
+        m = recipe.model
+        outputs = 1 if _regression(recipe) else len(data.labels)
+        model, _ = models.build_model(m.arch, outputs, weights, m.head.hidden, m.head.dropout)
+        return model
+
+    def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
+        named = models.model_groups(recipe.model.arch, model)
+        params, modules = models.group_parameters(named), models.group_modules(named)
+        return [ParamGroup(name, params[name], modules[name]) for name in named]
+
+    def default_metric(self, recipe: Recipe) -> str:
+        return "val/mse" if _regression(recipe) else "val/accuracy"
+
+    def hooks(self, recipe: Recipe, data, device: torch.device) -> Hooks:
+        criterion = self._criterion(recipe, data).to(device)
+        regression = _regression(recipe)
+
+        def loss(model: nn.Module, batch) -> torch.Tensor:
+            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+            out = model(x)
+            return criterion(out.squeeze(-1).float(), y.float()) if regression else criterion(out.float(), y)
+
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            return self.evaluate(recipe, model, data, "val", device).prefixed("val")
+
+        return Hooks(loss=loss, evaluate=evaluate, train_loader=lambda epoch: self._train_loader(recipe, data, epoch))
+
+    def _criterion(self, recipe: Recipe, data) -> nn.Module:
+        if _regression(recipe):
+            return nn.MSELoss()
+        weight = None
+        if recipe.data.balance == "loss":
+            weight = vdata.class_weights(data.train_targets, len(data.labels))
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.train.label_smoothing)
+
+    def _train_loader(self, recipe: Recipe, data, epoch: int) -> DataLoader:
+        # A generator seeded by the epoch makes the order a function of (seed, epoch): exact resume.
+        gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
+        bs, n = recipe.train.batch_size, len(data.train)
+        sampler = None
+        if recipe.data.balance == "sampler" and not _regression(recipe):
+            sampler = vdata.balanced_sampler(data.train_targets, len(data.labels), generator=gen)
+        return DataLoader(data.train, batch_size=bs, shuffle=sampler is None, sampler=sampler, generator=gen,
+                          num_workers=recipe.data.num_workers, drop_last=n > bs and n % bs == 1,  # a batch of 1 breaks BatchNorm
+                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+    def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
+        dataset = getattr(data, split)
+        if dataset is None:
+            return None
+        bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
+        loader = DataLoader(dataset, batch_size=bs, shuffle=False, num_workers=recipe.data.num_workers)
+        regression = _regression(recipe)
+        ev = RegressionEvaluator() if regression else ClassificationEvaluator(data.labels)
+        criterion = nn.MSELoss() if regression else nn.CrossEntropyLoss()
+        model.eval()
+        with torch.inference_mode():
+            for x, y in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True, disable=None):
+                out = model(x.to(device)).float().cpu()
+                if regression:
+                    out = out.squeeze(-1)
+                    ev.update(out, y, loss=criterion(out, y.float()).item(), n=len(y))
+                else:
+                    ev.update(out, y, loss=criterion(out, y).item(), n=len(y))
+        return ev.compute()
+
+    def plots(self, result: EvalResult, data, plot_dir: Path) -> list[Path]:
+        if result.confusion is None:
+            return []
+        return [report.plot_confusion(result.confusion, data.labels, plot_dir / "confusion_val.png")]
+
+
+def _preprocess(recipe: Recipe):
+    """The weights' preprocessing, with the recipe's image_size/resize on top."""
+    d = recipe.data
+    pre = models.preprocess_for(recipe.model.arch, recipe.model.weights)
+    size = d.image_size or pre.size
+    resize = d.resize or max(size, round(size * pre.resize / pre.size))
+    return dataclasses.replace(pre, size=size, resize=resize)
+
+
+def _make_shapes(d, root: Path) -> None:
+    from suite.datasets.shapes import make_shapes
+
+    s = d.synthetic
+    make_shapes(root, s.classes, s.train_per_class, s.val_per_class, s.test_per_class, size=s.size, seed=s.seed,
+                progress=True)

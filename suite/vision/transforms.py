@@ -1,0 +1,143 @@
+"""Image preprocessing: what a model expects (``Preprocess``) and the train/eval pipelines built from it.
+
+Only ``torchvision.transforms.v2`` is used. Every pipeline starts with ``to_rgb`` so images of any PIL
+mode (grayscale, 16-bit, float, CMYK, palette, with alpha) become 8-bit RGB before resizing; that
+keeps the eval pipeline safe to reuse at deploy time on whatever image a user hands in.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from suite.errors import UserError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+INTERPOLATIONS: dict[str, InterpolationMode] = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+AUGMENTS = ("none", "light", "standard")
+# Resizing the shorter side of a 2x2000 banner to 256 px would make a 256x256000 image. Images longer
+# than this aspect ratio are centre-cropped first; eval output is unchanged (its centre crop never sees
+# the ends) and memory stays bounded.
+MAX_ASPECT = 4
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the model expects. Plain data: ``Preprocess(**dataclasses.asdict(p))`` round-trips via JSON."""
+
+    size: int = 224  # final square crop
+    resize: int = 256  # shorter side before the centre crop
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; store tuples so the frozen dataclass stays hashable and comparable.
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if not (isinstance(self.size, int) and self.size > 0):
+            raise UserError(f"preprocess.size must be a positive integer (got {self.size!r})")
+        if not (isinstance(self.resize, int) and self.resize >= self.size):
+            raise UserError(
+                f"preprocess.resize ({self.resize!r}) must be an integer >= preprocess.size ({self.size}); "
+                "it is the shorter side before the centre crop"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise UserError(f"preprocess.mean/std need 3 values each and std > 0 (got {self.mean}, {self.std})")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UserError(
+                f"preprocess.interpolation '{self.interpolation}' is unknown; use one of {', '.join(INTERPOLATIONS)}"
+            )
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Alpha is composited on white; 16-bit/float values are rescaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode.startswith("I") or img.mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(img)), mode="L").convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Map a high-bit-depth grayscale array onto 0..255 (PIL's own I->L conversion clips at 255)."""
+    is_float = a.dtype.kind == "f"
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if is_float and lo >= 0 and hi <= 1:
+        a = a * 255  # float images in 0..1
+    elif lo >= 0 and hi <= 255:
+        pass  # already 8-bit range
+    elif lo >= 0 and hi <= 65535:
+        a = a / 257  # 16-bit: 65535 -> 255
+    else:
+        a = (a - lo) / (hi - lo) * 255  # anything else: stretch to the full range
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _limit_aspect(img: Image.Image) -> Image.Image:
+    """Centre-crop the long side so it is at most ``MAX_ASPECT`` times the short side."""
+    w, h = img.size
+    if w > MAX_ASPECT * h:
+        left = (w - MAX_ASPECT * h) // 2
+        return img.crop((left, 0, left + MAX_ASPECT * h, h))
+    if h > MAX_ASPECT * w:
+        top = (h - MAX_ASPECT * w) // 2
+        return img.crop((0, top, w, top + MAX_ASPECT * w))
+    return img
+
+
+def build_transforms(pre: Preprocess, augment: str = "standard") -> tuple[Callable, Callable]:
+    """``(train_tf, eval_tf)``: each takes a PIL image and returns a float32 CHW tensor normalised by ``pre``."""
+    if augment not in AUGMENTS:
+        close = difflib.get_close_matches(str(augment), AUGMENTS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown augment '{augment}'{hint}; choose one of {', '.join(AUGMENTS)}")
+    interp = INTERPOLATIONS[pre.interpolation]
+    resize = v2.Resize(pre.resize, interpolation=interp, antialias=True)
+    eval_ops = [resize, v2.CenterCrop(pre.size)]
+    if augment == "standard":
+        train_ops = [
+            v2.RandomResizedCrop(pre.size, scale=(0.5, 1.0), interpolation=interp, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ]
+    elif augment == "light":
+        # Same scale as eval (resize, then crop), plus a small shift; padding gives a shift even when
+        # resize == size (e.g. CIFAR-sized models).
+        pad = max(1, pre.size // 8)
+        train_ops = [resize, v2.RandomCrop(pre.size, padding=pad, pad_if_needed=True), v2.RandomHorizontalFlip()]
+    else:
+        train_ops = list(eval_ops)
+    return _compose(train_ops, pre), _compose(eval_ops, pre)
+
+
+def _compose(ops: list, pre: Preprocess) -> v2.Compose:
+    return v2.Compose(
+        [
+            # module-level functions, so the pipeline pickles into DataLoader workers
+            v2.Lambda(to_rgb, Image.Image),
+            v2.Lambda(_limit_aspect, Image.Image),
+            *ops,
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
+            v2.ToPureTensor(),  # plain tensors collate and export without tv_tensors metadata
+        ]
+    )
