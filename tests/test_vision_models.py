@@ -71,9 +71,9 @@ def test_registry_model_head_groups_forward(arch):
     assert list(groups)[-1] == "head" and len(groups) >= 3
 
     # the head group holds the new head, whose last layer has num_outputs outputs
-    heads = [m for m in model.modules() if isinstance(m, vm.Head)]
+    heads = [m for m in model.modules() if isinstance(m, vm.HeadLinear)]  # no hidden/dropout: one Linear
     assert len(heads) == 1 and heads[0] in groups["head"]
-    assert isinstance(heads[0][-1], nn.Linear) and heads[0][-1].out_features == 3
+    assert heads[0].out_features == 3
     assert {id(p) for p in params["head"]} == {id(p) for p in heads[0].parameters()}
 
     # input-to-output: the first conv is in the first group, and groups follow the model's layer order
@@ -130,7 +130,7 @@ def test_vgg_without_hidden_keeps_classifier_group():
     model, _ = vm.build_model("vgg11", 5)
     groups = vm.model_groups("vgg11", model)
     assert list(groups)[-2:] == ["classifier", "head"]
-    assert isinstance(model.classifier[6], vm.Head) and model.classifier[0].out_features == 4096
+    assert isinstance(model.classifier[6], vm.HeadLinear) and model.classifier[0].out_features == 4096
     assert [m.out_features for m in groups["classifier"] if isinstance(m, nn.Linear)] == [4096, 4096]
 
 
@@ -141,7 +141,7 @@ def test_make_head_hidden_and_dropout_layout():
     ]
     assert head[1].in_features == 512 and head[4].in_features == 64 and head[-1].out_features == 7
     assert head[0].p == 0.5
-    assert [type(m) for m in vm.make_head(8, [], 0.0, 2)] == [nn.Linear]
+    assert type(vm.make_head(8, [], 0.0, 2)) is vm.HeadLinear  # keys stay torchvision's (fc.weight)
 
 
 @pytest.mark.parametrize("arch, parent", [
@@ -229,7 +229,7 @@ def test_local_weights_load_backbone_and_new_head(tmp_path, tv_resnet18_state, f
     model, pre = vm.build_model("resnet18", 5, weights=str(path))
     got = model.state_dict()
     assert _state_equal(got, tv_resnet18_state, _backbone_keys(tv_resnet18_state))
-    assert model.fc[-1].weight.shape == (5, 512) and "fc.weight" not in got
+    assert got["fc.weight"].shape == (5, 512)  # new head, under torchvision's own key
     assert pre == Preprocess()
     report = vm.load_weights_file(model, path, ["fc."], arch="resnet18")
     assert report.head_skipped == 2 and report.loaded == len(_backbone_keys(tv_resnet18_state))
@@ -245,7 +245,7 @@ def test_run_checkpoint_reloads_into_other_num_outputs(tmp_path):
     other, _ = vm.build_model("resnet18", 7, weights=str(path))
     got = other.state_dict()
     assert _state_equal(got, src, [k for k in src if not k.startswith("fc.")])
-    assert got["fc.0.weight"].shape == (7, 512)
+    assert got["fc.weight"].shape == (7, 512)
 
     same, _ = vm.build_model("resnet18", 3, weights=str(path))  # same task: the head comes back too
     assert _state_equal(same.state_dict(), src, list(src))
@@ -353,7 +353,7 @@ def test_timm_resnet18_builds_and_groups_cover():
     groups = vm.model_groups("timm:resnet18", model)
     _assert_groups_cover(model, groups)
     assert list(groups)[0] == "stem" and list(groups)[-1] == "head"
-    assert groups["head"] == [model.fc] and isinstance(model.fc, vm.Head)
+    assert groups["head"] == [model.fc] and isinstance(model.fc, vm.HeadLinear)
     assert model.conv1 in vm.group_modules(groups)["stem"]
     assert pre.interpolation == "bicubic" and pre.size == 224
     model.eval()
@@ -369,7 +369,7 @@ def test_timm_weights_file_round_trip(tmp_path):
     other, _ = vm.build_model("timm:resnet18", 5, weights=str(path))
     src, got = trained.state_dict(), other.state_dict()
     assert _state_equal(got, src, [k for k in src if not k.startswith("fc.")])
-    assert got["fc.0.weight"].shape == (5, 512)
+    assert got["fc.weight"].shape == (5, 512)
     with pytest.raises(UserError, match="does not fit arch timm:resnet34"):
         vm.build_model("timm:resnet34", 3, weights=str(path))
 

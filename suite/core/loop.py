@@ -97,6 +97,16 @@ def _better(value: float, ref: float | None, mode: str) -> bool:
     return ref is None or (value < ref if mode == "min" else value > ref)
 
 
+def stage_optimizer(groups: Sequence[ParamGroup], stage: Stage, opts: FitOptions,
+                    where: str = "schedule") -> tuple[list[str], torch.optim.Optimizer]:
+    """Freeze what the stage does not train; a fresh optimizer with one LR per trainable group."""
+    names = group_names(groups)
+    trainable = trainable_groups(stage.train, names, where)
+    set_trainable(groups, trainable)
+    lrs = group_lrs(stage, names, where)
+    return trainable, make_optimizer(opts.optimizer, optimizer_groups(groups, lrs, opts.weight_decay), opts.momentum)
+
+
 class _Trainer:
     def __init__(self, model, groups, stages, hooks, opts, run_dir, device):
         self.model, self.groups, self.stages, self.hooks, self.o = model, groups, stages, hooks, opts
@@ -114,11 +124,7 @@ class _Trainer:
     # ----- one stage ---------------------------------------------------------------------
     def begin_stage(self, i: int, steps_per_epoch: int, saved: dict | None):
         stage = self.stages[i]
-        where = f"schedule stage {i}"
-        self.trainable = trainable_groups(stage.train, self.names, where)
-        set_trainable(self.groups, self.trainable)
-        lrs = group_lrs(stage, self.names, where)
-        self.opt = make_optimizer(self.o.optimizer, optimizer_groups(self.groups, lrs, self.o.weight_decay), self.o.momentum)
+        self.trainable, self.opt = stage_optimizer(self.groups, stage, self.o, f"schedule stage {i}")
         total = stage.epochs * math.ceil(steps_per_epoch / self.o.grad_accum)
         warmup, kind = stage.warmup or 0.0, stage.scheduler or "cosine"
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, total, warmup, kind))

@@ -69,8 +69,18 @@ class Head(nn.Sequential):
     found in any model without knowing its family."""
 
 
-def make_head(in_features: int, hidden: Sequence[int], dropout: float, num_outputs: int) -> Head:
+class HeadLinear(nn.Linear):
+    """The new head when it is a single Linear: same marker role as Head, but its state-dict keys are the
+    replaced layer's own (``fc.weight``), so a run's best.safetensors loads into plain torchvision."""
+
+
+_HEADS = (Head, HeadLinear)
+
+
+def make_head(in_features: int, hidden: Sequence[int], dropout: float, num_outputs: int) -> nn.Module:
     """[Dropout] + (Linear, ReLU, [Dropout]) per hidden size + Linear(prev, num_outputs)."""
+    if not hidden and not dropout:
+        return HeadLinear(in_features, num_outputs)
     layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
     prev = in_features
     for h in hidden:
@@ -124,7 +134,7 @@ def _replace_head(family: str, model: nn.Module, hidden: Sequence[int], dropout:
 
 def head_prefixes_of(model: nn.Module) -> list[str]:
     """State-dict key prefixes of the new head, which are also those of the classifier it replaced."""
-    return [f"{name}." for name, m in model.named_modules() if isinstance(m, Head)]
+    return [f"{name}." for name, m in model.named_modules() if isinstance(m, _HEADS)]
 
 
 # --------------------------------------------------------------------------------------------- groups
@@ -167,8 +177,8 @@ def _vgg_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
             block = []
     if block:
         groups.append((f"features.{len(groups)}", block))
-    if not isinstance(model.classifier, Head):  # original 4096-4096 MLP kept in front of the new Linear
-        groups.append(("classifier", [m for m in model.classifier if not isinstance(m, Head)]))
+    if not isinstance(model.classifier, _HEADS):  # original 4096-4096 MLP kept in front of the new Linear
+        groups.append(("classifier", [m for m in model.classifier if not isinstance(m, _HEADS)]))
     return groups
 
 
@@ -180,7 +190,7 @@ def _stem_blocks_top(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
 
 
 def _mobilenet_v3_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
-    kept = [m for m in model.classifier if not isinstance(m, Head)]  # Linear-Hardswish-Dropout
+    kept = [m for m in model.classifier if not isinstance(m, _HEADS)]  # Linear-Hardswish-Dropout
     return _stem_blocks_top(model) + [("classifier", kept)]
 
 
@@ -208,8 +218,8 @@ def _generic_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
             qualified = f"{prefix}{name}"
-            if any(isinstance(m, Head) for m in child.modules()):
-                if not isinstance(child, Head):
+            if any(isinstance(m, _HEADS) for m in child.modules()):
+                if not isinstance(child, _HEADS):
                     visit(qualified + ".", child)
             elif any(True for _ in child.parameters()):
                 groups.append((qualified, [child]))

@@ -1,0 +1,19 @@
+"""Offline, small and seeded: every test runs without network and on 2 CPU cores."""
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """A test that would download fails loudly instead of hanging or passing by luck."""
+
+    def guard(*args, **kwargs):
+        raise OSError("network access is blocked in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", guard)
+    monkeypatch.setattr(socket, "create_connection", guard)
