@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Offline quickstart: pretrain on source shapes, fine-tune on new target shapes, compare with scratch.
 demo: install
-	$(SUITE) run recipes/quickstart/shapes-pretrain.yaml --out runs/quickstart-pretrain
-	$(SUITE) run recipes/quickstart/shapes-finetune.yaml --out runs/quickstart-finetune
+	$(SUITE) run recipes/quickstart/shapes-pretrain.yaml --out runs/quickstart-pretrain --overwrite
+	$(SUITE) run recipes/quickstart/shapes-finetune.yaml --out runs/quickstart-finetune --overwrite
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -26,13 +26,14 @@ _set = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<name>).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), help="Continue the run in DIR from its last checkpoint.")
-def run(recipe, overrides, out, device, resume):
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
+def run(recipe, overrides, out, device, resume, overwrite):
     """Train RECIPE, evaluate it, compare with baselines, and write the run directory."""
     from suite.runner import run as run_recipe
 
     if not recipe and not resume:
         raise UserError("give a RECIPE to run, or --resume DIR")
-    result = run_recipe(recipe, overrides, out, device, resume)
+    result = run_recipe(recipe, overrides, out, device, resume, overwrite)
     click.echo(f"\n{result.table}\n\nrun directory: {result.run_dir} (report.md, metrics.json, checkpoints/)")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def scratch_recipe(recipe: Recipe) -> Recipe:
 
 
 def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str | Path | None = None,
-        device: str = "auto", resume: str | Path | None = None,
+        device: str = "auto", resume: str | Path | None = None, overwrite: bool = False,
         on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     """Train, evaluate, compare with baselines, write the run directory."""
     if resume is not None:
@@ -63,8 +64,26 @@ def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str 
         recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     else:
         recipe = load_recipe(recipe_path, overrides)
-        run_dir = Path(out) if out else Path("runs") / recipe.name
+        run_dir = _fresh_run_dir(Path(out), overwrite) if out else _next_free(Path("runs") / recipe.name)
     return run_recipe(recipe, run_dir, resolve_device(device), resume is not None, on_epoch_end)
+
+
+def _next_free(path: Path) -> Path:
+    """runs/NAME, else runs/NAME-2, -3, ... (as Ultralytics does): a new run never overwrites an old one."""
+    i = 1
+    while path.with_name(path.name if i == 1 else f"{path.name}-{i}").exists():
+        i += 1
+    return path.with_name(path.name if i == 1 else f"{path.name}-{i}")
+
+
+def _fresh_run_dir(path: Path, overwrite: bool) -> Path:
+    if not (path / "recipe.yaml").exists():
+        return path
+    if not overwrite:
+        raise UserError(f"{path} already holds a run: continue it with --resume {path}, "
+                        "pick another --out, or pass --overwrite to replace it")
+    shutil.rmtree(path)  # only a folder that holds a run's recipe.yaml, and only when asked
+    return path
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool = False,
@@ -132,7 +151,18 @@ def _write_report(recipe: Recipe, run_dir: Path, mod, val, data, table: str, sec
                "data": f"{recipe.data.format} {recipe.data.root}".strip(), "classes": str(len(data.labels)),
                "epochs": str(len(history)), "wall time": f"{seconds:.1f} s"}
     sections = [("Data", data.report.summary()),
-                ("Schedule", "\n".join(f"- stage {i}: {s}" for i, s in enumerate(recipe.stages()))),
+                ("Schedule", "\n".join(f"- stage {i}: {_describe(s)}" for i, s in enumerate(recipe.stages()))),
                 ("Validation metrics", table)]
     report.write_report(run_dir / "report.md", title=f"Run {recipe.name}", summary=summary,
                         sections=sections, plots=plots)
+
+
+def _describe(stage: Stage) -> str:
+    parts = [f"{stage.epochs} epochs", f"train {stage.train}", f"lr {stage.lr:g}", stage.scheduler]
+    if stage.layer_decay is not None:
+        parts.append(f"layer_decay {stage.layer_decay:g}")
+    if stage.lr_mult:
+        parts.append(f"lr_mult {dict(stage.lr_mult)}")
+    if stage.warmup:
+        parts.append(f"warm-up {stage.warmup:.0%}")
+    return ", ".join(parts)

@@ -66,6 +66,8 @@ train: {{batch_size: 4}}
 """)
     code, out, _ = call(capsys, "run", str(recipe), "--out", str(tmp_path / "run"))
     assert code == 0 and "| fine-tuned |" in out
+    code, _, err = call(capsys, "run", str(recipe), "--out", str(tmp_path / "run"))
+    assert code == 2 and "already holds a run" in err and "--resume" in err  # never silently replaced
     code, out, _ = call(capsys, "eval", str(tmp_path / "run"))
     assert code == 0 and "val/accuracy" in out
     code, _, err = call(capsys, "eval", str(tmp_path / "run"), "--split", "test")

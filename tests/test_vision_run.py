@@ -104,7 +104,7 @@ def test_real_folder_of_mixed_images_with_local_pth(tmp_path, capsys):
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)  # a torchvision state_dict, 1000-class head
     recipe = write_recipe(tmp_path / "r.yaml", data, weights=weights)
-    result = run(recipe, [*TINY, "data.val_split=0.3", "train.batch_size=4"], tmp_path / "run")
+    result = run(recipe, [*TINY, "data.val_split=0.3", "train.batch_size=4", "data.balance=loss"], tmp_path / "run")
     log = capsys.readouterr()
     assert "3 skipped" in log.out + log.err
     assert result.metrics["val"]["val/accuracy"] >= 0
