@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from suite.core import checkpoint, metrics, report
 from suite.core.groups import check_groups, group_names
-from suite.core.loop import FitOptions, Position, fit, resolve_device
+from suite.core.loop import FitOptions, Position, fit, resolve_device, seed_everything
 from suite.core.schedule import Stage, check_schedule, total_epochs
 from suite.errors import UserError
 from suite.recipe import Recipe, dump_recipe, load_recipe
@@ -94,6 +94,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     mod = modality_for(recipe.task)
     data = mod.load_data(recipe)
     log(f"[{recipe.name}] data: {data.report.summary()}")
+    seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run
     model, groups = _model_and_groups(mod, recipe, data, recipe.model.weights)
     model.to(device)
     opts = fit_options(recipe, mod.default_metric(recipe))
