@@ -10,9 +10,9 @@ PYTEST_ARGS ?= -q
 install: $(STAMP)
 
 # Re-installs only when the dependency files change, so repeated calls are instant.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml export/pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ./export -e '.[test]'
 	@touch $(STAMP)
 
 # Offline quickstart: pretrain on source shapes, fine-tune on new target shapes, compare with scratch.

@@ -60,6 +60,43 @@ def eval_(run_dir, split, device):
         click.echo(f"{key:24s} {value:.4f}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--quantize", multiple=True, type=click.Choice(["int8-dynamic", "int8-static"]),
+              help="Quantized variants to add (default: the recipe's export.quantize).")
+@click.option("--opset", type=int, help="ONNX opset (default: the recipe's export.opset, 18).")
+def export(run_dir, quantize, opset):
+    """Export RUN_DIR's best weights to RUN_DIR/export (model.onnx, model.json) and verify them."""
+    from suite.exporting import export_run
+
+    report = export_run(run_dir, quantize or None, opset)
+    for name, v in report["variants"].items():
+        t = v["task"]
+        diff = max(r["max_abs_diff"] for r in v["tensor"]["shapes"])
+        click.echo(f"{name:14s} {t['metric']} torch {t['torch']:.4f} onnxruntime {t['onnxruntime']:.4f} "
+                   f"(delta {t['delta']:+.4f}), max abs diff {diff:.2e}: {'ok' if v['passed'] else 'FAILED'}")
+    click.echo(f"bundle: {Path(run_dir) / 'export'} (verify.json)")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--variant", help="fp32 (default), int8-static, int8-dynamic.")
+@click.option("--top-k", default=1, show_default=True)
+def predict(bundle, inputs, variant, top_k):
+    """Predict INPUTS with an exported BUNDLE (the same code as the torch-free suite_runtime)."""
+    from suite_runtime import Bundle
+
+    b = Bundle.load(bundle, variant=variant)
+    try:
+        predictions = b.predict(list(inputs), top_k=top_k)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for path, p in zip(inputs, predictions):
+        shown = f"{p.value:.6g}" if p.value is not None else "  ".join(f"{k} {v:.4f}" for k, v in p.scores.items())
+        click.echo(f"{path}\t{shown}")
+
+
 @cli.command(name="ls")
 @click.argument("what", type=click.Choice(["recipes", "models", "groups"]), default="recipes")
 @click.argument("model", required=False)

@@ -159,8 +159,13 @@ class EvalCfg:
 
 @dataclass(frozen=True)
 class VerifyCfg:
-    atol: float = 1.0e-4
-    max_metric_drop: float = 0.5  # points of the task metric
+    atol: float = 1.0e-4  # fp32 tensor parity, max abs diff
+    max_metric_drop: float = 0.5  # fp32: points of the task metric (accuracy 0.5 = half a point)
+    int8_max_metric_drop: float = 1.0  # int8 variants
+
+    def __post_init__(self):
+        if not self.atol > 0 or self.max_metric_drop < 0 or self.int8_max_metric_drop < 0:
+            raise FieldError("atol", "atol must be > 0 and the metric drops >= 0")
 
 
 @dataclass(frozen=True)
@@ -168,11 +173,16 @@ class ExportCfg:
     onnx: bool = False
     opset: int = 18
     quantize: tuple[str, ...] = ()
+    calibration_samples: int = 128  # training samples for int8-static calibration
     verify: VerifyCfg = field(default_factory=VerifyCfg)
 
     def __post_init__(self):
         for q in self.quantize:
             _one_of("quantize", q, QUANTIZE)
+        if not 7 <= self.opset <= 23:
+            raise FieldError("opset", f"must be between 7 and 23, got {self.opset}")
+        if self.calibration_samples < 1:
+            raise FieldError("calibration_samples", "must be >= 1")
 
 
 @dataclass(frozen=True)

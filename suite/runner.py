@@ -110,6 +110,10 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     document = metrics.metrics_document(recipe.task, val, test, baselines)
     metrics.write_metrics_json(run_dir / "metrics.json", document)
     table = _comparison(recipe, val, baselines)
+    if recipe.export.onnx:
+        from suite.exporting import export_model
+
+        export_model(recipe, mod, data, model.cpu().eval(), run_dir / "export", recipe.export)
     _write_report(recipe, run_dir, mod, val, data, table, time.perf_counter() - start)
     return RunResult(run_dir, document, table)
 

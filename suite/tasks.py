@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from suite.core.export import ExportSpec
     from suite.core.groups import ParamGroup
     from suite.core.loop import Hooks
     from suite.core.metrics import EvalResult
@@ -45,6 +46,9 @@ class Modality(Protocol):
 
     def plots(self, result: EvalResult, data: Any, plot_dir: Path) -> list[Path]:
         """Task-specific plots (confusion matrix, PR curves, ...)."""
+
+    def export_spec(self, recipe: Recipe, data: Any, model: nn.Module) -> ExportSpec:
+        """Bundle metadata (labels, pre/postprocessing), an example input, calibration and evaluation."""
 
 
 def _vision() -> Modality:

@@ -1,6 +1,7 @@
 """The image modality: classification and regression heads on torchvision/timm backbones."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -11,13 +12,14 @@ from tqdm import tqdm
 
 from suite.core import report
 from suite.core.groups import ParamGroup
+from suite.core.export import ExportSpec
 from suite.core.loop import Hooks
 from suite.core.metrics import ClassificationEvaluator, EvalResult, RegressionEvaluator, check_metric_names
 from suite.errors import UserError
 from suite.recipe import Recipe
 from suite.vision import data as vdata
 from suite.vision import models
-from suite.vision.transforms import build_transforms
+from suite.vision.transforms import MAX_ASPECT, build_transforms
 
 SYNTHETIC = "synthetic:shapes"
 
@@ -113,10 +115,32 @@ class VisionModality:
                     ev.update(out, y, loss=criterion(out, y).item(), n=len(y))
         return ev.compute()
 
+    def export_spec(self, recipe: Recipe, data, model: nn.Module) -> ExportSpec:
+        pre = data.preprocess
+        meta = {"task": recipe.task, "labels": list(data.labels),
+                "preprocess": {"type": "image", **dataclasses.asdict(pre), "channel_order": "RGB", "scale": 255.0,
+                               "max_aspect": MAX_ASPECT},
+                "postprocess": {"type": "identity" if _regression(recipe) else "softmax"}}
+        cpu = torch.device("cpu")
+        return ExportSpec(
+            meta=meta, example=torch.randn(2, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0)),
+            evaluate=lambda m: self.evaluate(recipe, m, data, "val", cpu).prefixed("val"),
+            metric=self.default_metric(recipe), calibration=lambda n: _calibration(data, n, recipe.train.seed))
+
     def plots(self, result: EvalResult, data, plot_dir: Path) -> list[Path]:
         if result.confusion is None:
             return []
         return [report.plot_confusion(result.confusion, data.labels, plot_dir / "confusion_val.png")]
+
+
+def _calibration(data, n: int, seed: int):
+    """n training images through the *eval* transform (no augmentation), in batches of 8, for int8 calibration."""
+    train = copy.copy(data.train)
+    train.transform = data.val.transform
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    subset = torch.utils.data.Subset(train, order)
+    for x, _ in DataLoader(subset, batch_size=8):
+        yield x.numpy()
 
 
 def _preprocess(recipe: Recipe):

@@ -1,0 +1,94 @@
+"""`suite export DIR`: the run's best weights as a verified ONNX bundle in DIR/export/."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from suite.core import export as ex
+from suite.errors import UserError
+from suite.recipe import Recipe, load_recipe
+from suite.tasks import modality_for
+
+
+class VerificationFailed(UserError):
+    """The bundle does not match PyTorch: exit non-zero, the reasons are in verify.json."""
+
+
+def load_run(run_dir: Path, overrides: Sequence[str] = ()):
+    best = run_dir / "checkpoints" / "best.safetensors"
+    if not best.is_file():
+        raise UserError(f"{run_dir} has no checkpoints/best.safetensors; is it a finished `suite run` directory?")
+    from safetensors.torch import load_file
+
+    recipe = load_recipe(run_dir / "recipe.yaml", overrides)
+    mod = modality_for(recipe.task)
+    data = mod.load_data(recipe)
+    model = mod.build_model(recipe, data, "none")
+    model.load_state_dict(load_file(str(best)))
+    return recipe, mod, data, model.eval()
+
+
+def export_run(run_dir: str | Path, quantize: Sequence[str] | None = None, opset: int | None = None) -> dict:
+    """Export, quantize, verify; returns verify.json's document (raises VerificationFailed when it fails)."""
+    run_dir = Path(run_dir)
+    recipe, mod, data, model = load_run(run_dir)
+    cfg = recipe.export
+    cfg = dataclasses.replace(cfg, quantize=tuple(quantize) if quantize is not None else cfg.quantize,
+                              opset=opset or cfg.opset)
+    return export_model(recipe, mod, data, model, run_dir / "export", cfg)
+
+
+def export_model(recipe: Recipe, mod, data, model, out: Path, cfg) -> dict:
+    from suite_runtime import Bundle
+
+    out.mkdir(parents=True, exist_ok=True)
+    spec = mod.export_spec(recipe, data, model)
+    tqdm.write(f"[{recipe.name}] exporting to {out}/model.onnx (opset {cfg.opset})")
+    exporter = ex.export_onnx(model, spec.example, out / ex.VARIANT_FILES["fp32"], cfg.opset)
+    variants = {"fp32": {"file": ex.VARIANT_FILES["fp32"]}}
+    for kind in cfg.quantize:
+        tqdm.write(f"[{recipe.name}] quantizing: {kind}")
+        calib = spec.calibration(cfg.calibration_samples) if kind == "int8-static" else ()
+        choice = ex.quantize(out / ex.VARIANT_FILES["fp32"], kind, out / ex.VARIANT_FILES[kind], calib)
+        variants[kind] = {"file": ex.VARIANT_FILES[kind], "quantization": choice}
+    for v in variants.values():
+        v["size_bytes"] = (out / v["file"]).stat().st_size
+    ex.write_json(out / "model.json", ex.model_json(spec, exporter, cfg.opset, variants))
+
+    reference = spec.evaluate(model)
+    report = {"metric": spec.metric, "variants": {}}
+    for name in variants:
+        bundle = Bundle.load(out, variant=name)
+        fp32 = name == "fp32"
+        tensors = ex.tensor_parity(model, bundle, spec.example, spec.parity_batches, cfg.verify.atol)
+        if not fp32:  # int8 is judged on the task metric; its tensor error is recorded, not gated
+            tensors["passed"], tensors["note"] = True, "informational for int8"
+        drop = cfg.verify.max_metric_drop if fp32 else cfg.verify.int8_max_metric_drop
+        task = ex.task_parity(reference, spec.evaluate(ex.OnnxModel(bundle)), spec.metric, drop)
+        report["variants"][name] = {"tensor": tensors, "task": task, "passed": tensors["passed"] and task["passed"]}
+        tqdm.write(f"[{recipe.name}] verify {name}: {spec.metric} torch {task['torch']:.4f} "
+                   f"onnxruntime {task['onnxruntime']:.4f}, max abs diff "
+                   f"{max((r['max_abs_diff'] or float('inf')) for r in tensors['shapes']):.2e}")
+    report["passed"] = all(v["passed"] for v in report["variants"].values())
+    ex.write_json(out / "verify.json", report)
+    if not report["passed"]:
+        raise VerificationFailed(f"export verification failed ({_reasons(report)}); see {out / 'verify.json'}")
+    return report
+
+
+def _reasons(report: dict) -> str:
+    out = []
+    for name, v in report["variants"].items():
+        bad = [r for r in v["tensor"]["shapes"] if not r["passed"]]
+        if bad and not v["tensor"]["passed"]:
+            r = bad[0]
+            out.append(f"{name}: max abs diff {r['max_abs_diff']} > atol {v['tensor']['atol']} at {r['shape']}"
+                       if not r["nan"] else f"{name}: NaN at {r['shape']}")
+        if not v["task"]["passed"]:
+            t = v["task"]
+            out.append(f"{name}: {t['metric']} dropped {t['drop_points']:.2f} points (limit {t['max_drop_points']})")
+    return "; ".join(out)
