@@ -10,13 +10,15 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from suite.errors import UserError
+# One definition of image decoding for training and the deployed runtime, so their tensors agree.
+from suite_runtime.preprocess import MAX_ASPECT, to_rgb  # noqa: F401  (re-exported)
+from suite_runtime.preprocess import limit_aspect as _limit_aspect
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -26,11 +28,6 @@ INTERPOLATIONS: dict[str, InterpolationMode] = {
     "bicubic": InterpolationMode.BICUBIC,
 }
 AUGMENTS = ("none", "light", "standard")
-# Resizing the shorter side of a 2x2000 banner to 256 px would make a 256x256000 image. Images longer
-# than this aspect ratio are centre-cropped first; eval output is unchanged (its centre crop never sees
-# the ends) and memory stays bounded.
-MAX_ASPECT = 4
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -60,47 +57,6 @@ class Preprocess:
             raise UserError(
                 f"preprocess.interpolation '{self.interpolation}' is unknown; use one of {', '.join(INTERPOLATIONS)}"
             )
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. Alpha is composited on white; 16-bit/float values are rescaled, not clipped."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode.startswith("I") or img.mode == "F":
-        return Image.fromarray(_to_uint8(np.asarray(img)), mode="L").convert("RGB")
-    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
-
-
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    """Map a high-bit-depth grayscale array onto 0..255 (PIL's own I->L conversion clips at 255)."""
-    is_float = a.dtype.kind == "f"
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if is_float and lo >= 0 and hi <= 1:
-        a = a * 255  # float images in 0..1
-    elif lo >= 0 and hi <= 255:
-        pass  # already 8-bit range
-    elif lo >= 0 and hi <= 65535:
-        a = a / 257  # 16-bit: 65535 -> 255
-    else:
-        a = (a - lo) / (hi - lo) * 255  # anything else: stretch to the full range
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-
-
-def _limit_aspect(img: Image.Image) -> Image.Image:
-    """Centre-crop the long side so it is at most ``MAX_ASPECT`` times the short side."""
-    w, h = img.size
-    if w > MAX_ASPECT * h:
-        left = (w - MAX_ASPECT * h) // 2
-        return img.crop((left, 0, left + MAX_ASPECT * h, h))
-    if h > MAX_ASPECT * w:
-        top = (h - MAX_ASPECT * w) // 2
-        return img.crop((0, top, w, top + MAX_ASPECT * w))
-    return img
 
 
 def build_transforms(pre: Preprocess, augment: str = "standard") -> tuple[Callable, Callable]:
