@@ -52,11 +52,13 @@ def validate(recipes, overrides):
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def eval_(run_dir, split, device):
-    """Evaluate the best checkpoint of RUN_DIR on a split."""
+@click.option("--onnx", is_flag=True, help="Evaluate the exported bundle through onnxruntime instead.")
+@click.option("--variant", help="With --onnx: fp32 (default), int8-static, int8-dynamic.")
+def eval_(run_dir, split, device, onnx, variant):
+    """Evaluate the best checkpoint of RUN_DIR (or its ONNX bundle) on a split."""
     from suite.validate import evaluate_run
 
-    for key, value in evaluate_run(Path(run_dir), split, device).items():
+    for key, value in evaluate_run(Path(run_dir), split, device, onnx, variant).items():
         click.echo(f"{key:24s} {value:.4f}")
 
 
@@ -95,6 +97,20 @@ def predict(bundle, inputs, variant, top_k):
     for path, p in zip(inputs, predictions):
         shown = f"{p.value:.6g}" if p.value is not None else "  ".join(f"{k} {v:.4f}" for k, v in p.scores.items())
         click.echo(f"{path}\t{shown}")
+
+
+@cli.command()
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--threads", type=int, help="Threads for torch and onnxruntime (default: all cores).")
+@click.option("--no-compile", is_flag=True, help="Skip torch.compile (slow to warm up on small CPUs).")
+def bench(target, batch_sizes, threads, no_compile):
+    """Latency and throughput of TARGET (a run directory or MODEL.onnx): torch vs onnxruntime fp32/int8."""
+    from suite.benching import bench_run_dir
+
+    sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    table, png = bench_run_dir(target, sizes, threads, compile=not no_compile)
+    click.echo(f"{table}\n\nchart: {png}")
 
 
 @cli.command(name="ls")

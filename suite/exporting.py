@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,3 +93,31 @@ def _reasons(report: dict) -> str:
             t = v["task"]
             out.append(f"{name}: {t['metric']} dropped {t['drop_points']:.2f} points (limit {t['max_drop_points']})")
     return "; ".join(out)
+
+
+def parity_table(report: dict, out: Path) -> str:
+    """verify.json as markdown: one row per variant."""
+    meta = json.loads((out / "model.json").read_text())
+    rows = ["| variant | metric | PyTorch | onnxruntime | delta | max abs diff | size MB | passed |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
+    for name, v in report["variants"].items():
+        t = v["task"]
+        diff = max((r["max_abs_diff"] or float("nan")) for r in v["tensor"]["shapes"])
+        size = meta["variants"][name]["size_bytes"] / 2**20
+        rows.append(f"| {name} | {t['metric']} | {t['torch']:.4f} | {t['onnxruntime']:.4f} | {t['delta']:+.4f} | "
+                    f"{diff:.2e} | {size:.1f} | {'yes' if v['passed'] else 'NO'} |")
+    return "\n".join(rows)
+
+
+def export_and_bench(recipe: Recipe, mod, data, model, run_dir: Path) -> tuple[list, list]:
+    """The end of `suite run` when the recipe has export: the bundle, its parity table, and the benchmark."""
+    out = run_dir / "export"
+    report = export_model(recipe, mod, data, model, out, recipe.export)
+    sections, plots = [("Export parity", parity_table(report, out))], []
+    if recipe.bench.batch_sizes:
+        from suite.benching import bench_run_dir
+
+        table, png = bench_run_dir(run_dir, batch_sizes=recipe.bench.batch_sizes)
+        sections.append(("Inference benchmark", table))
+        plots.append(png)
+    return sections, plots

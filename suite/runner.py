@@ -110,11 +110,12 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     document = metrics.metrics_document(recipe.task, val, test, baselines)
     metrics.write_metrics_json(run_dir / "metrics.json", document)
     table = _comparison(recipe, val, baselines)
+    sections, plots = [], []
     if recipe.export.onnx:
-        from suite.exporting import export_model
+        from suite.exporting import export_and_bench
 
-        export_model(recipe, mod, data, model.cpu().eval(), run_dir / "export", recipe.export)
-    _write_report(recipe, run_dir, mod, val, data, table, time.perf_counter() - start)
+        sections, plots = export_and_bench(recipe, mod, data, model.cpu().eval(), run_dir)
+    _write_report(recipe, run_dir, mod, val, data, table, time.perf_counter() - start, sections, plots)
     return RunResult(run_dir, document, table)
 
 
@@ -148,16 +149,17 @@ def _comparison(recipe: Recipe, val, baselines: dict) -> str:
     return report.comparison_table(rows, wanted)
 
 
-def _write_report(recipe: Recipe, run_dir: Path, mod, val, data, table: str, seconds: float) -> None:
+def _write_report(recipe: Recipe, run_dir: Path, mod, val, data, table: str, seconds: float,
+                  extra_sections=(), extra_plots=()) -> None:
     plots_dir = run_dir / "plots"
     history = report.read_history(run_dir / "history.csv")
-    plots = [report.plot_curves(history, plots_dir / "curves.png"), *mod.plots(val, data, plots_dir)]
+    plots = [report.plot_curves(history, plots_dir / "curves.png"), *mod.plots(val, data, plots_dir), *extra_plots]
     summary = {"task": recipe.task, "model": recipe.model.arch, "weights": recipe.model.weights,
                "data": f"{recipe.data.format} {recipe.data.root}".strip(), "classes": str(len(data.labels)),
                "epochs": str(len(history)), "wall time": f"{seconds:.1f} s"}
     sections = [("Data", data.report.summary()),
                 ("Schedule", "\n".join(f"- stage {i}: {_describe(s)}" for i, s in enumerate(recipe.stages()))),
-                ("Validation metrics", table)]
+                ("Validation metrics", table), *extra_sections]
     report.write_report(run_dir / "report.md", title=f"Run {recipe.name}", summary=summary,
                         sections=sections, plots=plots)
 

@@ -20,7 +20,8 @@ def validate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> str:
     return f"{len(data.labels)} classes, {len(groups)} groups, {len(recipe.schedule)} stages; data: {data.report.summary()}"
 
 
-def evaluate_run(run_dir: Path, split: str, device: str = "auto") -> dict[str, float]:
+def evaluate_run(run_dir: Path, split: str, device: str = "auto", onnx: bool = False,
+                 variant: str | None = None) -> dict[str, float]:
     best = run_dir / "checkpoints" / "best.safetensors"
     if not best.is_file():
         raise UserError(f"{run_dir} has no checkpoints/best.safetensors; is it a finished `suite run` directory?")
@@ -28,9 +29,18 @@ def evaluate_run(run_dir: Path, split: str, device: str = "auto") -> dict[str, f
     mod = modality_for(recipe.task)
     data = mod.load_data(recipe)
     dev = resolve_device(device)
-    model = mod.build_model(recipe, data, "none")
-    model.load_state_dict(_load_weights(best))
-    result = mod.evaluate(recipe, model.to(dev), data, split, dev)
+    if onnx:  # the exported bundle through onnxruntime, with the same evaluator
+        from suite.core.export import OnnxModel
+        from suite_runtime import Bundle
+
+        if not (run_dir / "export" / "model.json").is_file():
+            raise UserError(f"{run_dir} has no export/ bundle; run `suite export {run_dir}` first")
+        model, dev = OnnxModel(Bundle.load(run_dir / "export", variant=variant)), resolve_device("cpu")
+    else:
+        model = mod.build_model(recipe, data, "none")
+        model.load_state_dict(_load_weights(best))
+        model = model.to(dev)
+    result = mod.evaluate(recipe, model, data, split, dev)
     if result is None:
         raise UserError(f"the data of {run_dir} has no '{split}' split")
     return result.prefixed(split)

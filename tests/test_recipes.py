@@ -23,6 +23,9 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
     out = ["model.weights=none", "data.image_size=32", "data.resize=32", "train.batch_size=4",
            "data.synthetic.train_per_class=3", "data.synthetic.val_per_class=2", "data.synthetic.size=32"]
     out += [f"schedule.{i}.epochs=1" for i in range(len(raw["schedule"]))]
+    # export stays on where a recipe asks for it (fp32, verified); int8 parity on 6 images and timing are
+    # meaningless, so quantization and the benchmark are covered by their own tests
+    out += ["export.quantize=[]", "bench.batch_sizes=[]"]
     if raw["data"]["format"] == "synthetic:shapes":
         out.append(f"data.root={data_root / raw['name']}")
     else:  # imagefolder and torchvision datasets: a small local imagefolder instead
@@ -50,3 +53,6 @@ def test_recipe_runs_with_tiny_overrides(path, data_root, tmp_path):
     assert set(doc["baselines"]) == set(full.eval.compare)
     rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(full.schedule)  # header + one epoch per stage
+    if full.export.onnx:
+        assert (tmp_path / "run" / "export" / "verify.json").is_file()
+        assert "Export parity" in (tmp_path / "run" / "report.md").read_text()
