@@ -15,6 +15,7 @@ def rebuild_model(run_dir: Path):
     from suite.recipe import load_recipe
     from suite.tasks import modality_for
 
+    run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
     labels = json.loads((run_dir / "export" / "model.json").read_text())["labels"]
     best = run_dir / "checkpoints" / "best.safetensors"
@@ -30,7 +31,7 @@ def _bundle(path: Path) -> tuple[Path, dict]:
 
 
 def bench_run_dir(target: str | Path, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None,
-                  compile: bool = True) -> tuple[str, Path]:
+                  compile: bool = False, warmup: int = 5, iters: int = 30) -> tuple[str, Path]:
     """Benchmark a run directory's bundle (all variants, plus torch) or one .onnx file; write DIR/bench.json."""
     from suite.core.bench import bench_table, run_bench, write_bench
 
@@ -42,9 +43,10 @@ def bench_run_dir(target: str | Path, batch_sizes: Sequence[int] = (1, 8), threa
         torch_model, out_dir = None, folder
     else:
         variants = {name: folder / v["file"] for name, v in meta["variants"].items()}
-        torch_model = functools.partial(rebuild_model, target)
-        out_dir = target
+        # a picklable factory: the benchmark rebuilds the model in its own process (clean peak RSS)
+        torch_model, out_dir = functools.partial(rebuild_model, target.resolve()), target
     shape = tuple(meta["input"]["shape"][1:])
-    rows = run_bench(torch_model, variants, shape, list(batch_sizes), threads=threads, compile=compile)
+    rows = run_bench(torch_model, variants, shape, list(batch_sizes), threads=threads, compile=compile,
+                     warmup=warmup, iters=iters)
     _, png = write_bench(rows, out_dir)
     return bench_table(rows), png

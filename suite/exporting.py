@@ -117,7 +117,8 @@ def export_and_bench(recipe: Recipe, mod, data, model, run_dir: Path) -> tuple[l
     if recipe.bench.batch_sizes:
         from suite.benching import bench_run_dir
 
-        table, png = bench_run_dir(run_dir, batch_sizes=recipe.bench.batch_sizes)
+        table, png = bench_run_dir(run_dir, recipe.bench.batch_sizes, compile="torch.compile" in recipe.bench.runtimes,
+                                   warmup=recipe.bench.warmup, iters=recipe.bench.iters)
         sections.append(("Inference benchmark", table))
         plots.append(png)
     return sections, plots

@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 BASELINES = ("scratch",)
 QUANTIZE = ("int8-dynamic", "int8-static")
+RUNTIMES = ("torch", "torch.compile", "onnxruntime")
 
 
 def _one_of(name: str, value: str, valid: Sequence[str]) -> None:
@@ -187,8 +188,16 @@ class ExportCfg:
 
 @dataclass(frozen=True)
 class BenchCfg:
-    batch_sizes: tuple[int, ...] = (1, 8)
-    runtimes: tuple[str, ...] = ("torch", "onnxruntime")
+    batch_sizes: tuple[int, ...] = (1, 8)  # [] skips the benchmark at the end of `suite run`
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime")  # add torch.compile to time it too
+    warmup: int = 5
+    iters: int = 30
+
+    def __post_init__(self):
+        for r in self.runtimes:
+            _one_of("runtimes", r, RUNTIMES)
+        if any(b < 1 for b in self.batch_sizes) or self.warmup < 0 or self.iters < 1:
+            raise FieldError("batch_sizes", "batch sizes and iters must be >= 1, warmup >= 0")
 
 
 @dataclass(frozen=True)

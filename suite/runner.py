@@ -50,7 +50,8 @@ def scratch_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(
         recipe, name=f"{recipe.name}-scratch", schedule=(stage,),
         model=dataclasses.replace(recipe.model, weights="none"),
-        eval=dataclasses.replace(recipe.eval, compare=()))
+        eval=dataclasses.replace(recipe.eval, compare=()),
+        export=dataclasses.replace(recipe.export, onnx=False))  # the baseline is a yardstick, not a product
 
 
 def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str | Path | None = None,
