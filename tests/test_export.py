@@ -95,3 +95,21 @@ def test_task_parity_limits():
     bad = ex.task_parity({"val/accuracy": 0.90}, {"val/accuracy": 0.89}, "val/accuracy", 0.5)
     assert ok["passed"] and not bad["passed"] and bad["drop_points"] == pytest.approx(1.0)
     assert not ex.task_parity({"val/mse": 1.0}, {"val/mse": 2.0}, "val/mse", 0.5)["passed"]
+
+
+def test_cli_predict_and_eval_onnx_use_the_bundle(trained_run, capsys):
+    from suite.cli import main
+
+    export_run(trained_run)
+    capsys.readouterr()
+    image = next((trained_run.parent / "data" / "val" / "star").glob("*.png"))
+    main(["predict", str(trained_run / "export"), str(image), "--top-k", "2"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(image)) and len(line.split("\t")[1].split("  ")) == 2
+    main(["eval", str(trained_run), "--onnx"])
+    onnx_out = capsys.readouterr().out
+    main(["eval", str(trained_run)])
+    torch_out = capsys.readouterr().out
+    acc = [float(next(l.split()[1] for l in out.splitlines() if l.startswith("val/accuracy")))
+           for out in (onnx_out, torch_out)]
+    assert acc[0] == pytest.approx(acc[1])
