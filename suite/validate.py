@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from suite.recipe import load_recipe
-from suite.runner import _load_weights, _model_and_groups
+from suite.runner import _model_and_groups
 from suite.core.loop import resolve_device
 from suite.errors import UserError
 from suite.tasks import modality_for
@@ -22,12 +22,9 @@ def validate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> str:
 
 def evaluate_run(run_dir: Path, split: str, device: str = "auto", onnx: bool = False,
                  variant: str | None = None) -> dict[str, float]:
-    best = run_dir / "checkpoints" / "best.safetensors"
-    if not best.is_file():
-        raise UserError(f"{run_dir} has no checkpoints/best.safetensors; is it a finished `suite run` directory?")
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    mod = modality_for(recipe.task)
-    data = mod.load_data(recipe)
+    from suite.exporting import load_run
+
+    recipe, mod, data, model = load_run(run_dir)
     dev = resolve_device(device)
     if onnx:  # the exported bundle through onnxruntime, with the same evaluator
         from suite.core.export import OnnxModel
@@ -36,11 +33,7 @@ def evaluate_run(run_dir: Path, split: str, device: str = "auto", onnx: bool = F
         if not (run_dir / "export" / "model.json").is_file():
             raise UserError(f"{run_dir} has no export/ bundle; run `suite export {run_dir}` first")
         model, dev = OnnxModel(Bundle.load(run_dir / "export", variant=variant)), resolve_device("cpu")
-    else:
-        model = mod.build_model(recipe, data, "none")
-        model.load_state_dict(_load_weights(best))
-        model = model.to(dev)
-    result = mod.evaluate(recipe, model, data, split, dev)
+    result = mod.evaluate(recipe, model.to(dev), data, split, dev)
     if result is None:
         raise UserError(f"the data of {run_dir} has no '{split}' split")
     return result.prefixed(split)
