@@ -48,10 +48,16 @@ def export_model(recipe: Recipe, mod, data, model, out: Path, cfg) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     spec = mod.export_spec(recipe, data, model)
+    model = spec.module if spec.module is not None else model  # what is exported is what is compared
     tqdm.write(f"[{recipe.name}] exporting to {out}/model.onnx (opset {cfg.opset})")
-    exporter = ex.export_onnx(model, spec.example, out / ex.VARIANT_FILES["fp32"], cfg.opset)
+    export = spec.export or ex.export_onnx
+    exporter = export(model, spec.example, out / ex.VARIANT_FILES["fp32"], cfg.opset)
     variants = {"fp32": {"file": ex.VARIANT_FILES["fp32"]}}
-    for kind in cfg.quantize:
+    kinds = [k for k in cfg.quantize if spec.quantizable is None or k in spec.quantizable]
+    for kind in sorted(set(cfg.quantize) - set(kinds)):
+        tqdm.write(f"[{recipe.name}] skipping {kind}: not supported for this model's graph "
+                   f"(supported: {', '.join(spec.quantizable) or 'none'})")
+    for kind in kinds:
         tqdm.write(f"[{recipe.name}] quantizing: {kind}")
         calib = spec.calibration(cfg.calibration_samples) if kind == "int8-static" else ()
         choice = ex.quantize(out / ex.VARIANT_FILES["fp32"], kind, out / ex.VARIANT_FILES[kind], calib)
@@ -65,7 +71,8 @@ def export_model(recipe: Recipe, mod, data, model, out: Path, cfg) -> dict:
     for name in variants:
         bundle = Bundle.load(out, variant=name)
         fp32 = name == "fp32"
-        tensors = ex.tensor_parity(model, bundle, spec.example, spec.parity_batches, cfg.verify.atol)
+        tensors = ex.tensor_parity(model, bundle, spec.example, spec.parity_batches, cfg.verify.atol,
+                                   spec.relative_atol)
         if not fp32:  # int8 is judged on the task metric; its tensor error is recorded, not gated
             tensors["passed"], tensors["note"] = True, "informational for int8"
         drop = cfg.verify.max_metric_drop if fp32 else cfg.verify.int8_max_metric_drop

@@ -62,8 +62,11 @@ class SyntheticCfg:
     test_per_class: int = 0
     size: int = 64
     seed: int = 0
+    max_objects: int = 4  # detection: shapes per image (1..max_objects); counts above are images per class
 
     def __post_init__(self):
+        if self.max_objects < 1:
+            raise FieldError("max_objects", f"must be >= 1, got {self.max_objects}")
         if self.train_per_class < 1 or self.val_per_class < 1 or self.test_per_class < 0:
             raise FieldError("train_per_class", "train/val counts must be >= 1 and test >= 0")
         if self.size < 16:

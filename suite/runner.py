@@ -100,8 +100,15 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     model.to(device)
     opts = fit_options(recipe, mod.default_metric(recipe))
     log(f"[{recipe.name}] training on {device}: groups {', '.join(group_names(groups))}")
-    hooks = dataclasses.replace(mod.hooks(recipe, data, device), on_epoch_end=on_epoch_end)
-    fit(model, groups, recipe.stages(), hooks, opts, run_dir, device, resume)
+    own_loop = getattr(mod, "own_loop", lambda recipe, data: None)(recipe, data)
+    if own_loop is not None:  # the library's trainer runs each stage (Ultralytics), with our groups and LRs
+        if resume:
+            raise UserError(f"--resume is not supported for {recipe.model.arch} (its trainer runs each stage); "
+                            f"start again with `suite run` and --overwrite")
+        own_loop(model, groups, run_dir, device, opts.select_metric, on_epoch_end)
+    else:
+        hooks = dataclasses.replace(mod.hooks(recipe, data, device), on_epoch_end=on_epoch_end)
+        fit(model, groups, recipe.stages(), hooks, opts, run_dir, device, resume)
 
     best = run_dir / "checkpoints" / "best.safetensors"
     model.load_state_dict(_load_weights(best))
@@ -158,9 +165,10 @@ def _write_report(recipe: Recipe, run_dir: Path, mod, val, data, table: str, sec
     summary = {"task": recipe.task, "model": recipe.model.arch, "weights": recipe.model.weights,
                "data": f"{recipe.data.format} {recipe.data.root}".strip(), "classes": str(len(data.labels)),
                "epochs": str(len(history)), "wall time": f"{seconds:.1f} s"}
+    task_sections = getattr(mod, "report_sections", lambda result: [])(val)
     sections = [("Data", data.report.summary()),
                 ("Schedule", "\n".join(f"- stage {i}: {_describe(s)}" for i, s in enumerate(recipe.stages()))),
-                ("Validation metrics", table), *extra_sections]
+                ("Validation metrics", table), *task_sections, *extra_sections]
     report.write_report(run_dir / "report.md", title=f"Run {recipe.name}", summary=summary,
                         sections=sections, plots=plots)
 

@@ -50,6 +50,11 @@ class Modality(Protocol):
     def export_spec(self, recipe: Recipe, data: Any, model: nn.Module) -> ExportSpec:
         """Bundle metadata (labels, pre/postprocessing), an example input, calibration and evaluation."""
 
+    # Optional, found with getattr:
+    # own_loop(recipe, data) -> None, or fn(model, groups, run_dir, device, select_metric, on_epoch_end) when
+    #     a library's trainer runs the stages (Ultralytics); it writes history.csv and checkpoints/best.safetensors.
+    # report_sections(result) -> [(title, markdown)] added to report.md (e.g. the mAP cross-check).
+
 
 def _vision() -> Modality:
     from suite.vision.task import VisionModality
@@ -57,10 +62,17 @@ def _vision() -> Modality:
     return VisionModality()
 
 
+def _detection() -> Modality:
+    from suite.detection.task import DetectionModality
+
+    return DetectionModality()
+
+
 # task name -> factory of the modality that handles it
 REGISTRY: dict[str, Callable[[], Modality]] = {
     "image-classification": _vision,
     "image-regression": _vision,
+    "detection": _detection,
 }
 
 

@@ -1,11 +1,13 @@
 """Offline, small and seeded: every test runs without network and on 2 CPU cores."""
 import os
 import socket
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("SUITE_CACHE", tempfile.mkdtemp(prefix="suite-cache-"))  # staged datasets, not ~/.cache
 
 
 @pytest.fixture(autouse=True)

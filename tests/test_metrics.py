@@ -140,8 +140,11 @@ def test_check_metric_names() -> None:
         check_metric_names(["top5"], "classification", num_classes=3)
     with pytest.raises(UserError, match="split prefix"):
         check_metric_names(["valid/f1"], "classification")
-    with pytest.raises(ValueError):
+    check_metric_names(["map50", "val/map50_95"], "detection")
+    with pytest.raises(UserError, match=r"unknown detection metric 'mse'.*Valid: map50"):
         check_metric_names(["mse"], "detection")
+    with pytest.raises(ValueError):
+        check_metric_names(["mse"], "speech")
 
 
 def test_metrics_document_round_trip(tmp_path) -> None:

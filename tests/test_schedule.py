@@ -97,3 +97,13 @@ def test_check_schedule_reports_the_stage_index():
         check_schedule(stages, GROUPS)
     with pytest.raises(UserError, match="empty"):
         check_schedule([], GROUPS)
+
+
+def test_block_prefix_selects_every_group_in_the_block():
+    names = ["backbone.0", "backbone.1", "neck.2", "neck.3", "head"]
+    assert trainable_groups(["neck", "head"], names) == ["neck.2", "neck.3", "head"]
+    assert trainable_groups("backbone", names) == ["backbone.0", "backbone.1"]
+    with pytest.raises(UserError, match=r"unknown group 'nek'.*did you mean 'neck'"):
+        trainable_groups(["nek"], names)
+    lrs = group_lrs(Stage(epochs=1, train="all", lr=1.0, lr_mult={"backbone": 0.1, "backbone.1": 0.5}), names)
+    assert lrs == {"backbone.0": 0.1, "backbone.1": 0.5, "neck.2": 1.0, "neck.3": 1.0, "head": 1.0}

@@ -43,8 +43,12 @@ class ExportSpec:
     evaluate: Callable[[object], dict[str, float]]  # model-like -> prefixed val metrics
     metric: str  # the task metric compared across runtimes, e.g. "val/accuracy"
     calibration: Callable[[int], Iterable[np.ndarray]] = lambda n: ()  # n samples -> batches for int8-static
-    parity_batches: Sequence[int] = (1, 3, 8)
-    extra: dict = field(default_factory=dict)
+    parity_batches: Sequence[int] = (1, 3, 8)  # () when the graph takes one sample (no batch axis)
+    extra: dict = field(default_factory=dict)  # more model.json keys (may replace "input"/"outputs")
+    module: nn.Module | None = None  # what is exported and compared, when not the model itself (e.g. a wrapper)
+    export: Callable[[nn.Module, torch.Tensor, Path, int], str] | None = None  # a custom exporter -> its name
+    quantizable: Sequence[str] | None = None  # variants that make sense for this graph; None: every kind
+    relative_atol: bool = False  # tensor parity on |diff| / max(1, |reference|) (outputs in pixels, ...)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
@@ -117,17 +121,30 @@ class OnnxModel:
         return torch.from_numpy(np.asarray(self.bundle.run(x.detach().cpu().numpy().astype(np.float32))))
 
 
-def tensor_parity(model: nn.Module, bundle, example: torch.Tensor, batches: Sequence[int], atol: float) -> dict:
-    """Max abs diff torch vs onnxruntime on batch sizes other than the export example's; NaN fails."""
+def tensor_parity(model: nn.Module, bundle, example: torch.Tensor, batches: Sequence[int], atol: float,
+                  relative: bool = False) -> dict:
+    """Max abs diff torch vs onnxruntime on batch sizes other than the export example's; NaN fails.
+
+    With no ``batches`` (a graph without a batch axis) the example itself is compared, every output.
+    ``relative``: the diff is divided by max(1, |reference|) (outputs in pixels, where 1e-4 of 640 is noise).
+    """
     gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(b, *example.shape[1:], generator=gen) for b in batches] or [example]
     rows, ok = [], True
-    for b in batches:
-        x = torch.randn(b, *example.shape[1:], generator=gen)
+    for x in inputs:
         with torch.inference_mode():
-            ref = model(x).float().numpy()
-        got = np.asarray(bundle.run(x.numpy()))
-        finite = bool(np.isfinite(got).all())
-        diff = float(np.abs(ref - got).max()) if finite and got.shape == ref.shape else math.inf
+            out = model(x)
+        refs = [o.float().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+        if len(refs) == 1:  # Bundle.run: the exact path an app takes
+            gots = [np.asarray(bundle.run(x.numpy()))]
+        else:
+            gots = [np.asarray(g) for g in bundle.session.run(None, {bundle.input_name: x.numpy()})]
+        finite = all(bool(np.isfinite(g).all()) for g in gots)
+        diff = 0.0
+        for ref, got in zip(refs, gots):
+            scale = np.maximum(1.0, np.abs(ref)) if relative else 1.0
+            same = got.shape == ref.shape
+            diff = max(diff, float((np.abs(ref - got) / scale).max(initial=0.0)) if finite and same else math.inf)
         passed = finite and diff <= atol
         ok &= passed
         rows.append({"shape": list(x.shape), "max_abs_diff": diff if finite else None, "nan": not finite,

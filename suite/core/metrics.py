@@ -41,7 +41,9 @@ from suite.errors import UserError
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "top5")
 REGRESSION_METRICS = ("mse", "mae")
-_VALID = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+DETECTION_METRICS = ("map50", "map50_95", "map75", "mar100")
+_VALID = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS,
+          "detection": DETECTION_METRICS}
 # Every evaluator reports the loss it was given, so "loss"/"val/loss" is always a valid name
 # (e.g. to monitor for early stopping); it is not in the tuples because it is not computed here.
 _ALWAYS_VALID = ("loss",)
@@ -83,6 +85,7 @@ class EvalResult:
     metrics: dict[str, float]
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     confusion: list[list[int]] | None = None  # rows = true class, cols = predicted
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific data for plots (PR curves, ...)
 
     def prefixed(self, split: str) -> dict[str, float]:
         return {f"{split}/{k}": v for k, v in self.metrics.items()}
@@ -196,6 +199,65 @@ class RegressionEvaluator(_Evaluator):
         out["mse"] = _scalar(raw["mse"])
         out["mae"] = _scalar(raw["mae"])
         return EvalResult(metrics=out)
+
+
+class DetectionEvaluator:
+    """COCO-style box mAP through torchmetrics' MeanAveragePrecision (pycocotools backend).
+
+    ``update`` takes per-image dicts in absolute xyxy pixels with 0-based ``labels``:
+    predictions ``{boxes, scores, labels}``, targets ``{boxes, labels}``. ``map50_95`` is
+    COCO's AP@[.50:.95], ``map50``/``map75`` at one IoU, ``mar100`` recall at 100
+    detections; per-class AP50-95 and the IoU=0.5 precision/recall curves come too.
+    """
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        from torchmetrics.detection import MeanAveragePrecision
+
+        self.labels = [str(label) for label in labels]
+        self._map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
+                                         extended_summary=True, backend="pycocotools")
+        self._map.warn_on_many_detections = False  # low-confidence boxes (conf 0.001) are how mAP is measured
+        self._n = 0
+        self._loss_sum, self._loss_n = 0.0, 0
+
+    def update(self, preds: Sequence[dict], targets: Sequence[dict], loss: float | None = None) -> None:
+        def as_tensors(d: dict, keys) -> dict:
+            return {k: torch.as_tensor(np.asarray(d[k]) if not isinstance(d[k], Tensor) else d[k].detach().cpu())
+                    for k in keys}
+
+        p = [as_tensors(d, ("boxes", "scores", "labels")) for d in preds]
+        t = [as_tensors(d, ("boxes", "labels")) for d in targets]
+        for d in (*p, *t):
+            d["boxes"] = d["boxes"].float().reshape(-1, 4)
+            d["labels"] = d["labels"].long().reshape(-1)
+        for d in p:
+            d["scores"] = d["scores"].float().reshape(-1)
+        self._map.update(p, t)
+        self._n += len(t)
+        if loss is not None:
+            self._loss_sum += float(loss) * len(t)
+            self._loss_n += len(t)
+
+    def compute(self) -> EvalResult:
+        if self._n == 0:
+            raise UserError("no images were evaluated: is the evaluation split empty?")
+        raw = self._map.compute()
+        out = {"map50": _scalar(raw["map_50"]), "map50_95": _scalar(raw["map"]),
+               "map75": _scalar(raw["map_75"]), "mar100": _scalar(raw["mar_100"])}
+        out = {k: max(v, 0.0) for k, v in out.items()}  # pycocotools says -1 when no class has a target
+        if self._loss_n:
+            out["loss"] = self._loss_sum / self._loss_n
+        classes = raw["classes"].reshape(-1).tolist()
+        per_ap = raw["map_per_class"].reshape(-1).tolist()
+        per_class = {name: {"ap50_95": 0.0, "present": 0.0} for name in self.labels}
+        for c, ap in zip(classes, per_ap):
+            if 0 <= c < len(self.labels):
+                per_class[self.labels[c]] = {"ap50_95": max(float(ap), 0.0), "present": 1.0}
+        # precision [T, R, K, A, M]: IoU .50, all recall points, every class, area "all", 100 detections
+        precision = raw["precision"][0, :, :, 0, -1]
+        curves = {self.labels[c]: precision[:, k].clamp(min=0).tolist()
+                  for k, c in enumerate(classes) if 0 <= c < len(self.labels)}
+        return EvalResult(metrics=out, per_class=per_class, extra={"pr_curves": curves})
 
 
 def _scalar(t: Tensor) -> float:

@@ -51,8 +51,22 @@ def _unknown_group(name: str, valid: Sequence[str], where: str) -> UserError:
     return UserError(f"{where}: unknown group '{name}'{hint}; valid groups: {', '.join(valid)}")
 
 
+def _expand(name: str, names: Sequence[str], where: str) -> list[str]:
+    """A group name, or a block prefix: ``backbone`` selects ``backbone.0``, ``backbone.1``, ..."""
+    if name in names:
+        return [name]
+    block = [n for n in names if n.startswith(name + ".")]
+    if not block:
+        blocks = sorted({n.split(".")[0] for n in names if "." in n})
+        raise _unknown_group(name, [*names, *blocks], where)
+    return block
+
+
 def trainable_groups(selector, group_names: Sequence[str], where: str = "schedule") -> list[str]:
-    """The groups a stage trains, in model order. ``head``, ``all``, ``{last: k}`` or names."""
+    """The groups a stage trains, in model order. ``head``, ``all``, ``{last: k}`` or names.
+
+    A name may be a block prefix: ``backbone`` means every ``backbone.N`` (YOLO layers, ...).
+    """
     names = list(group_names)
     if selector == HEAD:
         chosen = [names[-1]]
@@ -66,10 +80,8 @@ def trainable_groups(selector, group_names: Sequence[str], where: str = "schedul
         chosen = names[-k:]
     else:
         wanted = [selector] if isinstance(selector, str) else list(selector)
-        for name in wanted:
-            if name not in names:
-                raise _unknown_group(name, names, where)
-        chosen = [n for n in names if n in wanted]
+        picked = {n for name in wanted for n in _expand(name, names, where)}
+        chosen = [n for n in names if n in picked]
     if not chosen:
         raise UserError(f"{where} leaves no group trainable; name at least one of: {', '.join(names)}")
     return chosen
@@ -83,14 +95,16 @@ def group_lrs(stage: Stage, group_names: Sequence[str], where: str = "schedule")
     on how many others happen to be unfrozen. ``lr_mult`` then multiplies per group.
     """
     names = list(group_names)
-    for name in stage.lr_mult:
-        if name not in names:
-            raise _unknown_group(name, names, f"{where} lr_mult")
+    mult = {}
+    for key, m in stage.lr_mult.items():  # a block prefix sets every group in it; an exact name wins
+        for name in _expand(key, names, f"{where} lr_mult"):
+            if name not in mult or key == name:
+                mult[name] = m
     lrs = {}
     for name in trainable_groups(stage.train, names, where):
         depth = len(names) - 1 - names.index(name)
         lr = stage.lr * (stage.layer_decay**depth if stage.layer_decay is not None else 1.0)
-        lrs[name] = lr * stage.lr_mult.get(name, 1.0)
+        lrs[name] = lr * mult.get(name, 1.0)
     return lrs
 
 

@@ -1,0 +1,237 @@
+"""Faster R-CNN through torchvision, trained by our loop: models, groups, data pipeline, evaluation, export."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.transforms import v2
+
+from suite.core.groups import ParamGroup
+from suite.core.metrics import DetectionEvaluator, EvalResult
+from suite.errors import UserError
+
+ARCHS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+         "fasterrcnn_mobilenet_v3_large_320_fpn")
+SCORE_THRESH = 0.05  # torchvision's default box_score_thresh; mAP wants low-score boxes too
+
+
+def is_frcnn(arch: str) -> bool:
+    return arch in ARCHS
+
+
+def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | None = None) -> nn.Module:
+    """torchvision's model with a new box predictor for ``len(labels)`` classes (+ background).
+
+    ``weights``: ``none``, ``DEFAULT`` or an enum name (COCO detection weights from the torch hub cache),
+    ``backbone`` (ImageNet backbone only), or a .pth/.safetensors state_dict (e.g. a suite run).
+    """
+    from suite.vision import models as vm
+
+    builder = getattr(torchvision.models.detection, arch)
+    n = len(labels) + 1
+    size = {} if min_size is None else {"min_size": min_size, "max_size": max(min_size, round(min_size * 1333 / 800))}
+    kw = dict(box_score_thresh=SCORE_THRESH, **size)
+    file = weights not in ("none", "backbone") and vm._is_file_spec(weights)
+    if weights in ("none", "backbone") or file:
+        backbone = None
+        if weights == "backbone":
+            backbone = _backbone_enum(arch)
+            vm._cached_enum_file(arch, backbone)  # offline: a clear error naming the file
+        model = builder(weights=None, weights_backbone=backbone, num_classes=n, **kw)
+        if file:
+            state = vm.read_state_dict(weights)
+            own = model.state_dict()
+            body = {k: v for k, v in state.items() if not k.startswith("roi_heads.box_predictor.")}
+            bad = [k for k in own if k not in body and not k.startswith("roi_heads.box_predictor.")]
+            if bad:
+                raise UserError(f"weights file {weights} does not fit {arch}: missing {', '.join(bad[:3])}")
+            head = {k: v for k, v in state.items() if k.startswith("roi_heads.box_predictor.")}
+            same_head = all(k in own and own[k].shape == v.shape for k, v in head.items()) and head
+            model.load_state_dict(state if same_head else body, strict=False)
+            freeze_backbone_norms(model)  # a trained backbone: its statistics stay as they are
+        return model
+    enum = vm._resolve_enum(arch, weights)
+    vm._cached_enum_file(arch, enum)  # in the hub cache now (or a clear error), so the builder reads it offline
+    # the builder itself, so the backbone gets FrozenBatchNorm2d exactly as torchvision does for trained weights
+    model = builder(weights=enum, **kw)
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, n)  # the new head for our classes
+    return model
+
+
+def freeze_backbone_norms(model: nn.Module) -> nn.Module:
+    """BatchNorm2d -> FrozenBatchNorm2d in the backbone body, as torchvision does for pre-trained backbones
+    (PR 5443): small detection batches make batch statistics noisy, so trained statistics stay fixed."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key).detach())
+                setattr(parent, name, frozen)
+            else:
+                swap(child)
+
+    swap(model.backbone.body)
+    return model
+
+
+def _backbone_enum(arch: str):
+    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+
+    return MobileNet_V3_Large_Weights.IMAGENET1K_V1 if "mobilenet" in arch else ResNet50_Weights.IMAGENET1K_V1
+
+
+def groups(model: nn.Module) -> list[ParamGroup]:
+    """backbone.stem, backbone.layer1..4, fpn, rpn, roi_heads, head (the new box predictor)."""
+    body = model.backbone.body
+    names = list(dict(body.named_children()))
+    if "layer1" in names:  # ResNet: conv1/bn1 are the stem
+        blocks = [("backbone.stem", [body.conv1, body.bn1])] + [(f"backbone.{n}", [getattr(body, n)])
+                                                                  for n in ("layer1", "layer2", "layer3", "layer4")]
+    else:  # MobileNetV3 features 0..16: the stem, then four chunks of inverted-residual blocks
+        feats = [getattr(body, n) for n in names]
+        blocks = [("backbone.stem", feats[:1])]
+        rest = feats[1:]
+        size = math.ceil(len(rest) / 4)
+        blocks += [(f"backbone.layer{i + 1}", rest[i * size:(i + 1) * size]) for i in range(4)]
+    blocks += [("fpn", [model.backbone.fpn]), ("rpn", [model.rpn]), ("roi_heads", [model.roi_heads.box_head]),
+               ("head", [model.roi_heads.box_predictor])]
+    out = []
+    for name, modules in blocks:
+        params = [p for m in modules for p in m.parameters()]
+        if params:
+            out.append(ParamGroup(name, params, modules))
+    return out
+
+
+# ----- data ------------------------------------------------------------------------------------
+
+def train_transforms(augment: str) -> v2.Transform:
+    """Box-aware augmentation (torchvision.transforms.v2): boxes move with the pixels."""
+    ops: list = [v2.ToImage()]
+    if augment in ("light", "standard"):
+        ops.append(v2.RandomHorizontalFlip(0.5))
+    if augment == "standard":
+        # scale jitter inside a fixed canvas: the model's own transform resizes every image to min_size anyway
+        ops += [v2.RandomPhotometricDistort(p=0.5),
+                v2.RandomAffine(degrees=0.0, translate=(0.1, 0.1), scale=(0.75, 1.25),
+                               fill={tv_tensors.Image: 114, "others": 0})]
+    ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0), v2.ToDtype(torch.float32, scale=True)]
+    return v2.Compose(ops)
+
+
+def eval_transforms() -> v2.Transform:
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
+class DetectionDataset(Dataset):
+    """Samples -> (image [3,H,W] float 0..1, {boxes xyxy, labels 1-based for torchvision})."""
+
+    def __init__(self, samples, transform: v2.Transform):
+        self.samples, self.transform = list(samples), transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        with Image.open(s.image) as im:
+            from suite_runtime.preprocess import to_rgb
+
+            img = to_rgb(_exif(im))
+        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4),
+                                         format="XYXY", canvas_size=(img.height, img.width))
+        target = {"boxes": boxes, "labels": torch.as_tensor(s.labels, dtype=torch.int64).reshape(-1) + 1}
+        img, target = self.transform(img, target)
+        return img, {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"]}
+
+
+def _exif(im: Image.Image) -> Image.Image:
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
+
+
+def collate(batch):
+    return tuple(zip(*batch))
+
+
+def loader(samples, transform, batch_size: int, shuffle: bool, workers: int, generator=None) -> DataLoader:
+    return DataLoader(DetectionDataset(samples, transform), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=workers, collate_fn=collate, generator=generator)
+
+
+def loss(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+    images, targets = batch
+    images = [x.to(device, non_blocking=True) for x in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return sum(model(images, targets).values())
+
+
+def evaluate(model: nn.Module, samples, labels: Sequence[str], device: torch.device, batch_size: int = 4,
+             keep_predictions: bool = False) -> EvalResult:
+    ev = DetectionEvaluator(labels)
+    kept = []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            images = [DetectionDataset(chunk, eval_transforms())[i][0].to(device) for i in range(len(chunk))]
+            outs = model(images)
+            preds = [{"boxes": o["boxes"].cpu(), "scores": o["scores"].cpu(), "labels": o["labels"].cpu() - 1}
+                     for o in outs]
+            targets = [{"boxes": s.boxes, "labels": s.labels} for s in chunk]
+            ev.update(preds, targets)
+            if keep_predictions:
+                kept += [(str(s.image), p, t) for s, p, t in zip(chunk, preds, targets)]
+    result = ev.compute()
+    result.extra["predictions"] = kept
+    return result
+
+
+# ----- export ----------------------------------------------------------------------------------
+
+class ExportWrapper(nn.Module):
+    """One image [3,H,W] -> (boxes [N,4], labels [N], scores [N]): what the TorchScript exporter traces."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, image: torch.Tensor):
+        out = self.model([image])[0]
+        return out["boxes"], out["labels"], out["scores"]
+
+
+def export_meta(labels: Sequence[str]) -> dict:
+    return {"task": "detection", "labels": list(labels),
+            "preprocess": {"type": "image01", "channel_order": "RGB", "scale": 255.0},
+            "postprocess": {"type": "boxes", "score_threshold": SCORE_THRESH, "label_offset": 1, "max_det": 100}}
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path, opset: int) -> str:
+    """torch.onnx's TorchScript exporter: the one known to work for torchvision detection (batch 1, any H/W)."""
+    import warnings
+
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ExportWrapper(model).cpu(), (example,), str(path), dynamo=False, opset_version=min(opset, 17),
+                          input_names=["images"], output_names=["boxes", "labels", "scores"],
+                          dynamic_axes={"images": {1: "height", 2: "width"}, "boxes": {0: "n"}, "labels": {0: "n"},
+                                        "scores": {0: "n"}})
+    onnx.checker.check_model(str(path))
+    return "torch.onnx torchscript"
+
+

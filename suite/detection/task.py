@@ -1,0 +1,234 @@
+"""The detection modality: YOLO (Ultralytics runs each stage) and Faster R-CNN (our loop), one contract."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from suite.core.export import ExportSpec
+from suite.core.groups import ParamGroup
+from suite.core.loop import Hooks
+from suite.core.metrics import DetectionEvaluator, EvalResult, check_metric_names
+from suite.detection import data as ddata
+from suite.detection import frcnn, yolo
+from suite.errors import UserError
+from suite.recipe import Recipe
+
+SYNTHETIC = "synthetic:shapes"
+FORMATS = ("yolo", "coco", SYNTHETIC)
+
+
+def _kind(recipe: Recipe) -> str:
+    arch = recipe.model.arch
+    if yolo.is_yolo(arch):
+        return "yolo"
+    if frcnn.is_frcnn(arch):
+        return "frcnn"
+    raise UserError(f"model.arch '{arch}' is not a detection model; use yolo11n, yolov8n, ... (Ultralytics) or "
+                    f"one of {', '.join(frcnn.ARCHS)}")
+
+
+def cache_dir() -> Path:
+    """Where clean copies of datasets are staged for Ultralytics (never inside the user's data)."""
+    base = os.environ.get("SUITE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune-suite"
+    return Path(base)
+
+
+def staged_yaml(data) -> Path:
+    """The data's kept samples as a YOLO folder of symlinks + fresh labels; keyed by content, so reused."""
+    cached = getattr(data, "_staged", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha1()
+    for split in ("train", "val", "test"):
+        for s in getattr(data, split) or []:
+            h.update(f"{split}|{s.image}|{s.image.stat().st_mtime_ns}|".encode())
+            h.update(np.ascontiguousarray(s.boxes, dtype=np.float32).tobytes())
+            h.update(np.ascontiguousarray(s.labels, dtype=np.int64).tobytes())
+    h.update("|".join(data.labels).encode())
+    out = cache_dir() / "yolo-staged" / h.hexdigest()[:16]
+    path = out / "data.yaml"
+    if not path.is_file():
+        path = ddata.write_yolo(data, out)
+    data._staged = path
+    return path
+
+
+class DetectionModality:
+    """Satisfies suite.tasks.Modality for task ``detection``."""
+
+    def load_data(self, recipe: Recipe):
+        d = recipe.data
+        _kind(recipe)
+        check_metric_names(recipe.eval.metrics, "detection")
+        fmt, root = d.format, d.root
+        if fmt not in FORMATS:
+            raise UserError(f"data.format '{fmt}' is not a detection format; use one of: {', '.join(FORMATS)}")
+        if fmt == SYNTHETIC:
+            from suite.datasets.shapes_det import make_shapes_detection
+
+            s = d.synthetic
+            root = root or f"data/{recipe.name}"
+            n = len(s.classes)
+            root = str(make_shapes_detection(Path(root), s.classes, s.train_per_class * n, s.val_per_class * n,
+                                             s.test_per_class * n, size=s.size, max_objects=s.max_objects,
+                                             seed=s.seed, progress=True))
+            fmt = "yolo"
+        if not root:
+            raise UserError(f"data.root is empty; point it at your data: -s data.root=PATH ({fmt})")
+        return ddata.load_detection(fmt, root, d.val_split, recipe.train.seed)
+
+    def build_model(self, recipe: Recipe, data, weights: str) -> nn.Module:
+        arch = recipe.model.arch
+        if _kind(recipe) == "yolo":
+            return yolo.build_model(arch, list(data.labels), weights)
+        model = frcnn.build_model(arch, data.labels, weights, recipe.data.image_size)
+        if weights == "none" and recipe.model.weights != "none":  # reloading a run: the same norm layers
+            frcnn.freeze_backbone_norms(model)
+        return model
+
+    def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
+        return yolo.groups(model) if _kind(recipe) == "yolo" else frcnn.groups(model)
+
+    def default_metric(self, recipe: Recipe) -> str:
+        return "val/map50_95"
+
+    def own_loop(self, recipe: Recipe, data):
+        """YOLO: Ultralytics' trainer runs every stage. Faster R-CNN: None, our loop runs."""
+        if _kind(recipe) != "yolo":
+            return None
+
+        def run(model, groups, run_dir: Path, device: torch.device, select_metric: str, on_epoch_end=()):
+            yolo.train(recipe, model, groups, staged_yaml(data), run_dir, device, select_metric, on_epoch_end)
+
+        return run
+
+    def hooks(self, recipe: Recipe, data, device: torch.device) -> Hooks:
+        tf = frcnn.train_transforms(recipe.data.augment)
+
+        def train_loader(epoch: int):
+            gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
+            return frcnn.loader(data.train, tf, recipe.train.batch_size, True, recipe.data.num_workers, gen)
+
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            return self.evaluate(recipe, model, data, "val", device).prefixed("val")
+
+        return Hooks(loss=lambda model, batch: frcnn.loss(model, batch, device), evaluate=evaluate,
+                     train_loader=train_loader)
+
+    def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
+        samples = getattr(data, split)
+        if not samples:
+            return None
+        bs = recipe.train.eval_batch_size or recipe.train.batch_size
+        if _kind(recipe) == "yolo":
+            return yolo.evaluate(model, list(data.labels), staged_yaml(data), split, _imgsz(recipe), bs, device)
+        return frcnn.evaluate(model, samples, data.labels, device, bs, keep_predictions=True)
+
+    def plots(self, result: EvalResult, data, plot_dir: Path) -> list[Path]:
+        from suite.detection.plots import plot_pr_curves, plot_predictions
+
+        out = []
+        if result.extra.get("pr_curves"):
+            out.append(plot_pr_curves(result.extra["pr_curves"], result.metrics, plot_dir / "pr_val.png"))
+        if result.extra.get("predictions"):
+            out.append(plot_predictions(result.extra["predictions"], data.labels, plot_dir / "predictions_val.png"))
+        return out
+
+    def report_sections(self, result: EvalResult) -> list[tuple[str, str]]:
+        title, text = yolo.agreement_section(result)
+        return [(title, text)] if title else []
+
+    # ----- export ----------------------------------------------------------------------------
+    def export_spec(self, recipe: Recipe, data, model: nn.Module) -> ExportSpec:
+        labels = list(data.labels)
+        samples = data.val
+
+        def evaluate(m) -> dict[str, float]:
+            return {"val/map50": 0.0, "val/map50_95": 0.0,
+                    **_bundle_map(m, samples, labels, meta, recipe)}
+
+        if _kind(recipe) == "yolo":
+            size = _imgsz(recipe)
+            meta = yolo.export_meta(labels, size)
+            module = yolo.ExportHead(model)
+            example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+            return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95",
+                              calibration=lambda n: _calibration(data.train, n, meta), module=module,
+                              parity_batches=(1, 3), relative_atol=True,
+                              extra={"outputs": [{"name": "output0", "shape": ["batch", 4 + len(labels), "anchors"]}]})
+        meta = frcnn.export_meta(labels)
+        module = frcnn.ExportWrapper(model)
+        example = _example_image(samples)
+        return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95", module=module,
+                          export=frcnn.export_torchscript, parity_batches=(), quantizable=(),
+                          extra={"input": {"name": "images", "shape": [3, "height", "width"], "dtype": "float32",
+                                           "layout": "CHW", "batch": 1},
+                                 "outputs": [{"name": "boxes", "shape": ["n", 4]}, {"name": "labels", "shape": ["n"]},
+                                             {"name": "scores", "shape": ["n"]}]})
+
+
+def _imgsz(recipe: Recipe) -> int:
+    return yolo.stride_multiple(recipe.data.image_size or 640)
+
+
+def _example_image(samples) -> torch.Tensor:
+    from suite_runtime.preprocess import load_image
+
+    img = np.asarray(load_image(samples[0].image), dtype=np.float32) / 255.0
+    return torch.from_numpy(img).permute(2, 0, 1).contiguous()
+
+
+def _calibration(samples, n: int, meta: dict):
+    """n training images letterboxed exactly as the runtime does, in batches of 8, for int8 calibration."""
+    from suite_runtime.bundle import preprocess_for
+
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(samples))[:n]
+    pre = preprocess_for(meta)
+    batch = []
+    for i in order:
+        batch.append(pre(str(samples[i].image)))
+        if len(batch) == 8:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def _bundle_map(m, samples, labels, meta: dict, recipe: Recipe) -> dict[str, float]:
+    """mAP through the runtime's own pre- and postprocessing; ``m`` is a torch module or an OnnxModel."""
+    from suite_runtime.bundle import detect_with
+
+    ev = DetectionEvaluator(labels)
+    forward = _forward(m)
+    for s in samples:
+        det = detect_with(forward, meta, str(s.image), conf=yolo.VAL_CONF if meta["postprocess"]["type"] == "yolo"
+                          else None)
+        ev.update([{"boxes": det.boxes, "scores": det.scores, "labels": det.classes}],
+                  [{"boxes": s.boxes, "labels": s.labels}])
+    r = ev.compute()
+    return {"val/map50": r.metrics["map50"], "val/map50_95": r.metrics["map50_95"]}
+
+
+def _forward(m):
+    """A numpy-in, numpy-out function over the model's raw outputs (a tuple for Faster R-CNN)."""
+    from suite.core.export import OnnxModel
+
+    if isinstance(m, OnnxModel):
+        session = m.bundle.session
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
+    module = m.eval().cpu()
+
+    def run(x: np.ndarray):
+        with torch.inference_mode():
+            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.numpy() for o in outs]
+
+    return run

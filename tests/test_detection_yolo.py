@@ -1,0 +1,109 @@
+"""YOLO under the freeze schedule: Ultralytics trains each stage; frozen layers stay bitwise fixed."""
+import json
+
+import pytest
+import torch
+
+from suite.detection import yolo
+from suite.detection.task import DetectionModality, staged_yaml
+from suite.recipe import load_recipe
+from suite.runner import run
+
+RECIPE = """\
+name: yolo-tiny
+task: detection
+model: {{arch: yolo11n, weights: {weights}}}
+data:
+  format: synthetic:shapes
+  root: {root}
+  synthetic: {{classes: [circle, square, triangle], train_per_class: 3, val_per_class: 2, size: 64, seed: 0, max_objects: 2}}
+  image_size: 64
+  augment: none
+schedule:
+  - {{epochs: 1, train: head, lr: 0.01}}
+  - {{epochs: 1, train: [neck, head], lr: 0.01}}
+  - {{epochs: 1, train: all, lr: 0.01, layer_decay: 0.9}}
+optim: {{name: sgd, weight_decay: 0.0005}}
+train: {{batch_size: 4, seed: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("yolo")
+    path = root / "r.yaml"
+    path.write_text(RECIPE.format(weights="none", root=root / "data"))
+    return path
+
+
+def _layers(state: dict, prefixes: tuple[str, ...]) -> dict:
+    return {k: v.clone() for k, v in state.items() if k.startswith(prefixes)}
+
+
+def test_stage_transitions_freeze_bitwise_then_train(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file)
+    mod = DetectionModality()
+    data = mod.load_data(recipe)
+    torch.manual_seed(0)
+    model = mod.build_model(recipe, data, "none")
+    groups = mod.groups(recipe, model)
+    names = [g.name for g in groups]
+    assert names[0] == "backbone.0" and names[-1] == "head" and any(n.startswith("neck.") for n in names)
+    n_backbone = len(model.yaml["backbone"])
+    backbone = tuple(f"model.{i}." for i in range(n_backbone))
+    neck = tuple(f"model.{i}." for i in range(n_backbone, len(model.model) - 1))
+    head = (f"model.{len(model.model) - 1}.",)
+
+    snapshots = [{k: v.clone() for k, v in model.state_dict().items()}]  # before, then after each 1-epoch stage
+    snap = lambda pos: snapshots.append({k: v.clone() for k, v in model.state_dict().items()})  # noqa: E731
+    yolo.train(recipe, model, groups, staged_yaml(data), tmp_path, torch.device("cpu"), "val/map50_95", [snap])
+    assert len(snapshots) == 4
+
+    def same(a, b, prefixes):
+        return all(torch.equal(a[k], b[k]) for k in a if k.startswith(prefixes))
+
+    def changed(a, b, prefixes):
+        return any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefixes) and a[k].is_floating_point())
+
+    s0, s1, s2, s3 = snapshots
+    # stage 0 trains the head only: backbone and neck are bitwise fixed, weights AND BatchNorm statistics
+    assert same(s0, s1, backbone + neck) and changed(s0, s1, head)
+    # stage 1 unfreezes the neck: backbone still bitwise fixed, neck changes
+    assert same(s1, s2, backbone) and changed(s1, s2, neck)
+    # stage 2 trains everything: the backbone finally changes
+    assert changed(s2, s3, backbone)
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,stage,lr") and len(history) == 4
+    assert (tmp_path / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_layer_decay_reaches_ultralytics_optimizer(recipe_file):
+    recipe = load_recipe(recipe_file)
+    mod = DetectionModality()
+    data = mod.load_data(recipe)
+    model = mod.build_model(recipe, data, "none")
+    groups = mod.groups(recipe, model)
+    Trainer = yolo._trainer_class()
+    t = Trainer.__new__(Trainer)
+    from suite.core.schedule import group_lrs
+
+    t.suite_groups, t.suite_lrs = groups, group_lrs(recipe.stages()[2], [g.name for g in groups])
+    t.suite_optim = ("sgd", 5e-4, 0.9)
+    opt = t.build_optimizer(model)
+    lrs = {g["name"].split("/")[0]: g["lr"] for g in opt.param_groups}
+    assert lrs["head"] == pytest.approx(0.01)
+    assert lrs["backbone.0"] == pytest.approx(0.01 * 0.9 ** (len(groups) - 1))
+    decayed = [g for g in opt.param_groups if not g["name"].endswith("/no_decay")]
+    assert all(g["weight_decay"] == 5e-4 for g in decayed)
+    assert all(p.ndim > 1 for g in decayed for p in g["params"])
+
+
+def test_run_reports_map_beside_ultralytics_validator(recipe_file, tmp_path):
+    result = run(recipe_file, ["schedule=[{epochs: 2, train: all, lr: 0.01}]"], tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(doc["val"]) >= {"val/map50", "val/map50_95"}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## mAP cross-check" in report and "Ultralytics validator" in report
+    assert (tmp_path / "run" / "plots" / "pr_val.png").is_file()
+    assert (tmp_path / "run" / "plots" / "predictions_val.png").is_file()
+    assert result.metrics["val"]["val/map50_95"] >= 0.0
