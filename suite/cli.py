@@ -157,6 +157,46 @@ def make_shapes(out, classes, train_per_class, val_per_class, test_per_class, si
     click.echo(f"shapes dataset ({', '.join(names)}) in {path}")
 
 
+@make.command(name="shapes-detection")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--classes", default="circle,square,triangle,star", show_default=True, help="Comma-separated shape names.")
+@click.option("--train", "train_images", default=200, show_default=True, help="Training scenes.")
+@click.option("--val", "val_images", default=50, show_default=True)
+@click.option("--test", "test_images", default=0, show_default=True)
+@click.option("--size", default=128, show_default=True)
+@click.option("--max-objects", default=4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def make_shapes_detection(out, classes, train_images, val_images, test_images, size, max_objects, seed):
+    """Scenes of 1..max-objects shapes with exact boxes, in YOLO format (data.yaml, images/, labels/)."""
+    from suite.datasets.shapes_det import make_shapes_detection as generate
+
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    path = generate(out, names, train_images, val_images, test_images, size=size, max_objects=max_objects, seed=seed,
+                    progress=True)
+    click.echo(f"detection shapes ({', '.join(names)}): {path}")
+
+
+@data.command(name="convert")
+@click.argument("source_format", type=click.Choice(["yolo", "coco", "pennfudan"]))
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("target_format", type=click.Choice(["yolo", "coco"]))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--copy", is_flag=True, help="Copy images instead of symlinking them.")
+def convert(source_format, source, target_format, out, copy):
+    """Convert a detection dataset (SOURCE is never modified): e.g. `suite data convert yolo data.yaml coco out/`."""
+    from suite.detection import data as ddata
+
+    if source_format == "pennfudan":
+        from suite.datasets.pennfudan import load_pennfudan
+
+        loaded = load_pennfudan(source)
+    else:
+        loaded = ddata.load_detection(source_format, source)
+    click.echo(f"{source}: {loaded.report.summary()}")
+    write = ddata.write_yolo if target_format == "yolo" else ddata.write_coco
+    click.echo(f"{target_format}: {write(loaded, out, link=not copy)}")
+
+
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="suite", standalone_mode=False)

@@ -60,7 +60,8 @@ def export_model(recipe: Recipe, mod, data, model, out: Path, cfg) -> dict:
     for kind in kinds:
         tqdm.write(f"[{recipe.name}] quantizing: {kind}")
         calib = spec.calibration(cfg.calibration_samples) if kind == "int8-static" else ()
-        choice = ex.quantize(out / ex.VARIANT_FILES["fp32"], kind, out / ex.VARIANT_FILES[kind], calib)
+        choice = ex.quantize(out / ex.VARIANT_FILES["fp32"], kind, out / ex.VARIANT_FILES[kind], calib,
+                             spec.quant_exclude)
         variants[kind] = {"file": ex.VARIANT_FILES[kind], "quantization": choice}
     for v in variants.values():
         v["size_bytes"] = (out / v["file"]).stat().st_size

@@ -2,10 +2,14 @@
 
     from suite_runtime import Bundle
     bundle = Bundle.load("runs/x/export")
-    bundle.predict(["cat.jpg"], top_k=3)
+    bundle.predict(["cat.jpg"], top_k=3)            # classification: Prediction per input
+    bundle.predict(["street.jpg"], conf=0.25)       # detection: Detections per input (boxes, scores, classes)
 """
 from suite_runtime.bundle import Bundle, Prediction, softmax
+from suite_runtime.detection import (Detections, batched_nms, decode_yolo, draw, letterbox, nms, scale_boxes,
+                                     xywh2xyxy)
 from suite_runtime.preprocess import preprocess_image
 
 __version__ = "0.1.0"
-__all__ = ["Bundle", "Prediction", "preprocess_image", "softmax", "__version__"]
+__all__ = ["Bundle", "Detections", "Prediction", "batched_nms", "decode_yolo", "draw", "letterbox", "nms",
+           "preprocess_image", "scale_boxes", "softmax", "xywh2xyxy", "__version__"]

@@ -10,11 +10,13 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
 
+from suite_runtime.detection import (BoxesPost, Detections, Image01Spec, LetterboxSpec, YoloPost, decode_yolo,
+                                     image01, letterbox, scale_boxes, select_boxes)
 from suite_runtime.preprocess import ImageInput, ImageSpec, preprocess_image
 
 if TYPE_CHECKING:
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 EXPORT_HINT = "run `suite export RUN_DIR` to create one"
+PREPROCESS_TYPES = {"image": ImageSpec.from_dict, "letterbox": LetterboxSpec.from_dict,
+                    "image01": Image01Spec.from_dict}
+POSTPROCESS_TYPES = ("softmax", "identity", "yolo", "boxes")
+DETECTION_TYPES = ("yolo", "boxes")
 
 
 @dataclass
@@ -119,40 +125,117 @@ class Bundle:
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, task={self.meta.get('task')!r}, variant={self.variant!r})"
 
+    @property
+    def is_detector(self) -> bool:
+        """True when predict() returns Detections (postprocess type yolo or boxes)."""
+        return self._post_spec().get("type") in DETECTION_TYPES
+
     @cached_property
-    def _image_spec(self) -> ImageSpec:
+    def _pre_spec(self) -> ImageSpec | LetterboxSpec | Image01Spec:
         spec = self.meta.get("preprocess")
         if not isinstance(spec, dict):
             raise ValueError(f"{self.path / 'model.json'} has no preprocess block")
-        return ImageSpec.from_dict(spec)  # raises for preprocess types other than image
+        kind = spec.get("type", "image")
+        if kind not in PREPROCESS_TYPES:
+            raise ValueError(f"unknown preprocess type '{kind}'; this suite-runtime supports: "
+                             f"{', '.join(PREPROCESS_TYPES)}")
+        return PREPROCESS_TYPES[kind](spec)
+
+    def _post_spec(self) -> dict:
+        spec = self.meta.get("postprocess") or {}
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in POSTPROCESS_TYPES:
+            raise ValueError(f"unknown postprocess type '{kind}'; this suite-runtime supports: "
+                             f"{', '.join(POSTPROCESS_TYPES)}")
+        return spec
 
     def preprocess(self, item: ImageInput) -> np.ndarray:
-        """One input -> the model's input for one sample, e.g. (3, size, size) float32."""
-        return preprocess_image(item, self._image_spec)
+        """One input -> the model's input for one sample: (3, size, size) float32, or (3, H, W) for image01."""
+        spec = self._pre_spec
+        if isinstance(spec, LetterboxSpec):
+            return letterbox(item, spec)[0]
+        if isinstance(spec, Image01Spec):
+            return image01(item, spec)
+        return preprocess_image(item, spec)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Raw first output for a preprocessed batch (NCHW float32 for images)."""
+        """Raw first output for a preprocessed batch (NCHW float32 for images; one CHW image for image01)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
 
-    def predict(self, inputs, batch_size: int = 8, top_k: int = 1) -> list[Prediction]:
-        """Paths, PIL images or arrays (one or a list) -> one Prediction each, in order."""
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output for a preprocessed batch, by the graph's output names."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {self.input_name: x})))
+
+    def predict(self, inputs, batch_size: int = 8, top_k: int = 1, *, conf: float | None = None,
+                iou: float | None = None, multi_label: bool | None = None) -> list[Prediction] | list[Detections]:
+        """Paths, PIL images or arrays (one or a list) -> one result each, in order.
+
+        Classification and regression bundles give a Prediction (``top_k`` labels); detection bundles give
+        Detections, where ``conf`` and ``iou`` override model.json's score and NMS IoU thresholds, and
+        ``multi_label`` (YOLO) keeps every class above ``conf`` per anchor, as mAP evaluation does.
+        """
         if batch_size < 1 or top_k < 1:
             raise ValueError(f"batch_size and top_k must be >= 1 (got {batch_size}, {top_k})")
-        items, post = _as_list(inputs), self._postprocessor()
-        spec = self._image_spec  # validate before decoding anything
+        post, spec = self._post_spec(), self._pre_spec  # validate before decoding anything
+        items = _as_list(inputs)
+        if post["type"] == "yolo":
+            return self._detect_yolo(items, batch_size, YoloPost.from_dict(post, conf, iou, multi_label))
+        if post["type"] == "boxes":
+            return self._detect_boxes(items, BoxesPost.from_dict(post, conf, iou))
+        head = self._classify if post["type"] == "softmax" else self._regress
         out: list[Prediction] = []
         for start in range(0, len(items), batch_size):  # bounded memory for long file lists
-            batch = np.stack([preprocess_image(x, spec) for x in items[start:start + batch_size]])
-            out.extend(post(self.run(batch), top_k))
+            batch = np.stack([self.preprocess(x) for x in items[start:start + batch_size]])
+            out.extend(head(self.run(batch), top_k))
         return out
 
-    def _postprocessor(self) -> Callable[[np.ndarray, int], list[Prediction]]:
-        kind = (self.meta.get("postprocess") or {}).get("type")
-        table = {"softmax": self._classify, "identity": self._regress}
-        if kind not in table:
-            raise ValueError(f"unknown postprocess type '{kind}'; this suite-runtime supports: {', '.join(table)}")
-        return table[kind]
+    def _needs(self, pre: type, post: str) -> None:
+        if not isinstance(self._pre_spec, pre):
+            have = self.meta["preprocess"].get("type", "image")
+            raise ValueError(f"postprocess type '{post}' needs preprocess type "
+                             f"'{'letterbox' if pre is LetterboxSpec else 'image01'}'; {self.path / 'model.json'} "
+                             f"has '{have}'")
+
+    def _detect_yolo(self, items: list, batch_size: int, post: YoloPost) -> list[Detections]:
+        self._needs(LetterboxSpec, "yolo")
+        spec = self._pre_spec
+        dims = self.session.get_inputs()[0].shape
+        if all(isinstance(d, int) for d in dims[2:]) and tuple(dims[2:]) != (spec.size, spec.size):
+            raise ValueError(f"the model takes {dims[2]}x{dims[3]} inputs but model.json letterboxes to "
+                             f"{spec.size}x{spec.size}; re-export the bundle")
+        fixed = dims[0] if isinstance(dims[0], int) else None  # Ultralytics' default export has batch 1
+        out: list[Detections] = []
+        for start in range(0, len(items), fixed or batch_size):
+            pairs = [letterbox(x, spec) for x in items[start:start + (fixed or batch_size)]]
+            batch = np.stack([x for x, _ in pairs])
+            if fixed and len(batch) < fixed:
+                batch = np.concatenate([batch, np.zeros((fixed - len(batch), *batch.shape[1:]), batch.dtype)])
+            raw = self.run(batch)[:len(pairs)]
+            if raw.ndim != 3 or raw.shape[1] != 4 + len(self.labels):
+                raise ValueError(f"YOLO output has shape {raw.shape}; model.json has {len(self.labels)} labels, "
+                                 f"so expected [batch, {4 + len(self.labels)}, anchors]")
+            decoded = decode_yolo(raw, post.conf_threshold, post.iou_threshold, post.max_det, post.agnostic,
+                                  post.max_wh, post.max_nms, post.multi_label)
+            out.extend(Detections(scale_boxes(boxes, geo), scores, classes, self.labels)
+                       for (boxes, scores, classes), (_, geo) in zip(decoded, pairs))
+        return out
+
+    def _detect_boxes(self, items: list, post: BoxesPost) -> list[Detections]:
+        self._needs(Image01Spec, "boxes")
+        names = {o.name for o in self.session.get_outputs()}
+        if not {"boxes", "labels", "scores"} <= names:
+            raise ValueError(f"postprocess type 'boxes' needs outputs named boxes, labels and scores; the model "
+                             f"has {', '.join(sorted(names))}")
+        batched = len(self.session.get_inputs()[0].shape) == 4  # torchvision's graph takes one CHW image
+        out: list[Detections] = []
+        for item in items:  # one image per run: the graph resizes each to its own size
+            x = image01(item, self._pre_spec)
+            res = self.run_all(x[None] if batched else x)
+            out.append(select_boxes(res["boxes"], res["scores"], res["labels"], post, self.labels))
+        return out
 
     def _classify(self, raw: np.ndarray, top_k: int) -> list[Prediction]:
         logits = raw.reshape(len(raw), -1)

@@ -49,6 +49,7 @@ class ExportSpec:
     export: Callable[[nn.Module, torch.Tensor, Path, int], str] | None = None  # a custom exporter -> its name
     quantizable: Sequence[str] | None = None  # variants that make sense for this graph; None: every kind
     relative_atol: bool = False  # tensor parity on |diff| / max(1, |reference|) (outputs in pixels, ...)
+    quant_exclude: Callable[[Path], list[str]] | None = None  # ONNX file -> nodes int8 variants keep in float
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
@@ -74,8 +75,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int)
     return exporter
 
 
-def quantize(fp32: Path, kind: str, out: Path, calibration: Iterable[np.ndarray]) -> dict:
-    """int8-static (QDQ, U8S8, per-channel, MinMax calibration) or int8-dynamic (MatMul/Gemm only)."""
+def quantize(fp32: Path, kind: str, out: Path, calibration: Iterable[np.ndarray],
+             exclude: Callable[[Path], list[str]] | None = None) -> dict:
+    """int8-static (QDQ, U8S8, per-channel, MinMax calibration) or int8-dynamic (MatMul/Gemm only).
+
+    ``exclude(onnx_path)`` names nodes to keep in float (e.g. a detector's box decoding), computed on the
+    pre-processed graph that is actually quantized.
+    """
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -83,9 +89,10 @@ def quantize(fp32: Path, kind: str, out: Path, calibration: Iterable[np.ndarray]
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     try:
+        skip = exclude(pre) if exclude else []
         if kind == "int8-dynamic":
             quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=QUANT_CHOICES[kind]["op_types"])
+                             op_types_to_quantize=QUANT_CHOICES[kind]["op_types"], nodes_to_exclude=skip)
         else:
             batches = [{INPUT: b.astype(np.float32)} for b in calibration]
             if not batches:
@@ -99,10 +106,13 @@ def quantize(fp32: Path, kind: str, out: Path, calibration: Iterable[np.ndarray]
                     return next(self.it, None)
 
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=skip)
     finally:
         pre.unlink(missing_ok=True)
-    return dict(QUANT_CHOICES[kind])
+    choice = dict(QUANT_CHOICES[kind])
+    if skip:
+        choice["float_nodes"] = len(skip)
+    return choice
 
 
 class OnnxModel:

@@ -148,21 +148,24 @@ class DetectionModality:
         labels = list(data.labels)
         samples = data.val
 
-        def evaluate(m) -> dict[str, float]:
-            return {"val/map50": 0.0, "val/map50_95": 0.0,
-                    **_bundle_map(m, samples, labels, meta, recipe)}
-
         if _kind(recipe) == "yolo":
             size = _imgsz(recipe)
             meta = yolo.export_meta(labels, size)
             module = yolo.ExportHead(model)
+            io = (["batch", 3, size, size], ["logits"])
+        else:
+            meta, module, io = frcnn.export_meta(labels), frcnn.ExportWrapper(model), ([3, "height", "width"],
+                                                                                      ["boxes", "labels", "scores"])
+
+        def evaluate(m) -> dict[str, float]:
+            return runtime_map(m, samples, labels, meta, *io)
+
+        if _kind(recipe) == "yolo":
             example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
             return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95",
                               calibration=lambda n: _calibration(data.train, n, meta), module=module,
-                              parity_batches=(1, 3), relative_atol=True,
-                              extra={"outputs": [{"name": "output0", "shape": ["batch", 4 + len(labels), "anchors"]}]})
-        meta = frcnn.export_meta(labels)
-        module = frcnn.ExportWrapper(model)
+                              parity_batches=(1, 3), relative_atol=True, quant_exclude=yolo.quant_exclude,
+                              extra={"outputs": [{"name": "logits", "shape": ["batch", 4 + len(labels), "anchors"]}]})
         example = _example_image(samples)
         return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95", module=module,
                           export=frcnn.export_torchscript, parity_batches=(), quantizable=(),
@@ -185,50 +188,54 @@ def _example_image(samples) -> torch.Tensor:
 
 def _calibration(samples, n: int, meta: dict):
     """n training images letterboxed exactly as the runtime does, in batches of 8, for int8 calibration."""
-    from suite_runtime.bundle import preprocess_for
+    from suite_runtime.detection import letterbox
 
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(samples))[:n]
-    pre = preprocess_for(meta)
-    batch = []
-    for i in order:
-        batch.append(pre(str(samples[i].image)))
-        if len(batch) == 8:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
+    order = np.random.default_rng(0).permutation(len(samples))[:n]
+    for start in range(0, len(order), 8):
+        yield np.stack([letterbox(str(samples[i].image), meta["preprocess"])[0] for i in order[start:start + 8]])
 
 
-def _bundle_map(m, samples, labels, meta: dict, recipe: Recipe) -> dict[str, float]:
-    """mAP through the runtime's own pre- and postprocessing; ``m`` is a torch module or an OnnxModel."""
-    from suite_runtime.bundle import detect_with
+class TorchSession:
+    """A torch module behind the slice of onnxruntime's InferenceSession that ``Bundle`` uses, so PyTorch
+    and the exported graph are scored through exactly the same runtime pre- and postprocessing."""
 
-    ev = DetectionEvaluator(labels)
-    forward = _forward(m)
-    for s in samples:
-        det = detect_with(forward, meta, str(s.image), conf=yolo.VAL_CONF if meta["postprocess"]["type"] == "yolo"
-                          else None)
-        ev.update([{"boxes": det.boxes, "scores": det.scores, "labels": det.classes}],
-                  [{"boxes": s.boxes, "labels": s.labels}])
-    r = ev.compute()
-    return {"val/map50": r.metrics["map50"], "val/map50_95": r.metrics["map50_95"]}
+    def __init__(self, module: nn.Module, input_shape: list, output_names: list[str]):
+        from types import SimpleNamespace
+
+        self.module = module.eval().cpu()
+        self._inputs = [SimpleNamespace(name="images", shape=input_shape)]
+        self._outputs = [SimpleNamespace(name=n) for n in output_names]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, names, feeds: dict) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(feeds["images"], dtype=np.float32)))
+        outs = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+        every = [o.name for o in self._outputs]
+        return outs if names is None else [outs[every.index(n)] for n in names]
 
 
-def _forward(m):
-    """A numpy-in, numpy-out function over the model's raw outputs (a tuple for Faster R-CNN)."""
+def runtime_map(m, samples, labels: list[str], meta: dict, spec_input: list, outputs: list[str]) -> dict[str, float]:
+    """mAP of ``m`` (a torch module or an OnnxModel) through suite_runtime's Bundle.predict on ``samples``."""
     from suite.core.export import OnnxModel
+    from suite_runtime import Bundle
 
     if isinstance(m, OnnxModel):
-        session = m.bundle.session
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
-    module = m.eval().cpu()
-
-    def run(x: np.ndarray):
-        with torch.inference_mode():
-            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.numpy() for o in outs]
-
-    return run
+        bundle = m.bundle
+    else:
+        bundle = Bundle(Path("."), meta, "torch", TorchSession(m, spec_input, outputs), {})
+    is_yolo = meta["postprocess"]["type"] == "yolo"  # mAP as Ultralytics' validator: conf 0.001, multi-label
+    kw = {"conf": yolo.VAL_CONF, "multi_label": True} if is_yolo else {}
+    ev = DetectionEvaluator(labels)
+    for start in range(0, len(samples), 8):
+        chunk = samples[start:start + 8]
+        dets = bundle.predict([str(s.image) for s in chunk], **kw)
+        ev.update([{"boxes": d.boxes, "scores": d.scores, "labels": d.classes} for d in dets],
+                  [{"boxes": s.boxes, "labels": s.labels} for s in chunk])
+    r = ev.compute()
+    return {"val/map50": r.metrics["map50"], "val/map50_95": r.metrics["map50_95"]}

@@ -322,6 +322,30 @@ class ExportHead(nn.Module):
         return y[0] if isinstance(y, (tuple, list)) else y
 
 
+FINAL_CONV = re.compile(r"\.cv[23]\.\d+\.2\.weight$")  # Detect's last 1x1 conv of each box / class branch
+
+
+def quant_exclude(path: Path) -> list[str]:
+    """Every node after Detect's final convolutions: the box decoding (DFL softmax, anchors, strides) and the
+    concat of pixel boxes with 0..1 scores must stay float, or one uint8 scale for both erases the scores."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    frontier = [o for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and FINAL_CONV.search(n.input[1])
+                for o in n.output]
+    seen: dict[str, None] = {}
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.name not in seen:
+                seen[node.name] = None
+                frontier.extend(node.output)
+    return list(seen)
+
+
 def export_meta(labels: list[str], imgsz: int) -> dict:
     return {"task": "detection", "labels": list(labels),
             "preprocess": {"type": "letterbox", "size": imgsz, "pad_value": 114, "scale": 255.0,
