@@ -19,7 +19,10 @@ def rebuild_model(run_dir: Path):
     recipe = load_recipe(run_dir / "recipe.yaml")
     labels = json.loads((run_dir / "export" / "model.json").read_text())["labels"]
     best = run_dir / "checkpoints" / "best.safetensors"
-    return modality_for(recipe.task).build_model(recipe, SimpleNamespace(labels=labels), str(best)).eval()
+    mod = modality_for(recipe.task)
+    model = mod.build_model(recipe, SimpleNamespace(labels=labels), str(best)).eval()
+    # what was exported (e.g. YOLO fused, Detect in export mode), so both sides time the same network
+    return getattr(mod, "export_module", lambda recipe, model: model)(recipe, model)
 
 
 def _bundle(path: Path) -> tuple[Path, dict]:
@@ -45,6 +48,9 @@ def bench_run_dir(target: str | Path, batch_sizes: Sequence[int] = (1, 8), threa
         variants = {name: folder / v["file"] for name, v in meta["variants"].items()}
         # a picklable factory: the benchmark rebuilds the model in its own process (clean peak RSS)
         torch_model, out_dir = functools.partial(rebuild_model, target.resolve()), target
+    if meta["input"].get("batch") == 1:  # Faster R-CNN: one [3, H, W] image per call, no batch axis
+        raise UserError(f"{folder} takes one image of any size per call (no batch axis); benchmark it with "
+                        "`python benchmarks/bench_detection.py` (see benchmarks/README.md)")
     shape = tuple(meta["input"]["shape"][1:])
     rows = run_bench(torch_model, variants, shape, list(batch_sizes), threads=threads, compile=compile,
                      warmup=warmup, iters=iters)

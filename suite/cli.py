@@ -85,16 +85,22 @@ def export(run_dir, quantize, opset):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--variant", help="fp32 (default), int8-static, int8-dynamic.")
 @click.option("--top-k", default=1, show_default=True)
-def predict(bundle, inputs, variant, top_k):
+@click.option("--conf", type=float, help="Detection: minimum score (default: the bundle's, 0.25 for YOLO).")
+def predict(bundle, inputs, variant, top_k, conf):
     """Predict INPUTS with an exported BUNDLE (the same code as the torch-free suite_runtime)."""
     from suite_runtime import Bundle
+    from suite_runtime.cli import format_detections
 
     b = Bundle.load(bundle, variant=variant)
     try:
-        predictions = b.predict(list(inputs), top_k=top_k)
+        predictions = b.predict(list(inputs), top_k=top_k, **({"conf": conf} if b.is_detector else {}))
     except ValueError as e:
         raise UserError(str(e)) from None
     for path, p in zip(inputs, predictions):
+        if b.is_detector:
+            for line in format_detections(path, p, as_json=False) or [f"{path}	(no detections)"]:
+                click.echo(line)
+            continue
         shown = f"{p.value:.6g}" if p.value is not None else "  ".join(f"{k} {v:.4f}" for k, v in p.scores.items())
         click.echo(f"{path}\t{shown}")
 

@@ -32,7 +32,13 @@ def evaluate_run(run_dir: Path, split: str, device: str = "auto", onnx: bool = F
 
         if not (run_dir / "export" / "model.json").is_file():
             raise UserError(f"{run_dir} has no export/ bundle; run `suite export {run_dir}` first")
-        model, dev = OnnxModel(Bundle.load(run_dir / "export", variant=variant)), resolve_device("cpu")
+        bundle = Bundle.load(run_dir / "export", variant=variant)
+        if hasattr(mod, "evaluate_bundle"):  # detection: the runtime's own pre/postprocessing end to end
+            result = mod.evaluate_bundle(recipe, bundle, data, split)
+            if result is None:
+                raise UserError(f"the data of {run_dir} has no '{split}' split")
+            return result
+        model, dev = OnnxModel(bundle), resolve_device("cpu")
     result = mod.evaluate(recipe, model.to(dev), data, split, dev)
     if result is None:
         raise UserError(f"the data of {run_dir} has no '{split}' split")

@@ -1,5 +1,6 @@
 """YOLO under the freeze schedule: Ultralytics trains each stage; frozen layers stay bitwise fixed."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,12 +99,36 @@ def test_layer_decay_reaches_ultralytics_optimizer(recipe_file):
     assert all(p.ndim > 1 for g in decayed for p in g["params"])
 
 
-def test_run_reports_map_beside_ultralytics_validator(recipe_file, tmp_path):
-    result = run(recipe_file, ["schedule=[{epochs: 2, train: all, lr: 0.01}]"], tmp_path / "run")
-    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+def test_run_exports_verifies_and_serves_the_bundle(recipe_file, tmp_path, capsys):
+    """One tiny run: mAP beside Ultralytics' numbers, export + int8 verified through the runtime, CLI paths."""
+    from suite.cli import main
+
+    out = tmp_path / "run"
+    result = run(recipe_file, ["schedule=[{epochs: 2, train: all, lr: 0.01}]", "export.onnx=true",
+                               "export.quantize=[int8-static]", "export.calibration_samples=4",
+                               "bench.batch_sizes=[1]", "bench.iters=3", "bench.warmup=1"], out)
+    doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["val"]) >= {"val/map50", "val/map50_95"}
-    report = (tmp_path / "run" / "report.md").read_text()
-    assert "## mAP cross-check" in report and "Ultralytics validator" in report
-    assert (tmp_path / "run" / "plots" / "pr_val.png").is_file()
-    assert (tmp_path / "run" / "plots" / "predictions_val.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "## mAP cross-check" in report and "Ultralytics validator" in report and "Export parity" in report
+    assert (out / "plots" / "pr_val.png").is_file() and (out / "plots" / "predictions_val.png").is_file()
     assert result.metrics["val"]["val/map50_95"] >= 0.0
+
+    meta = json.loads((out / "export" / "model.json").read_text())
+    assert meta["preprocess"]["type"] == "letterbox" and meta["preprocess"]["size"] == 64
+    assert meta["postprocess"]["type"] == "yolo" and meta["labels"] == ["circle", "square", "triangle"]
+    verify = json.loads((out / "export" / "verify.json").read_text())
+    assert verify["passed"] and set(verify["variants"]) == {"fp32", "int8-static"}
+    fp32 = verify["variants"]["fp32"]
+    assert abs(fp32["task"]["delta"]) <= 0.01 and fp32["tensor"]["passed"]
+    assert meta["variants"]["int8-static"]["quantization"]["float_nodes"] > 0  # box decoding kept float
+    assert (out / "bench.json").is_file()
+
+    capsys.readouterr()
+    main(["eval", str(out), "--onnx"])
+    evaluated = dict(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("val/"))
+    assert float(evaluated["val/map50_95"]) == pytest.approx(verify["variants"]["fp32"]["task"]["onnxruntime"], abs=1e-6)
+    image = sorted(Path(recipe_file).parent.joinpath("data", "images", "val").iterdir())[0]
+    main(["predict", str(out / "export"), str(image), "--conf", "0.0001"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(image))]
+    assert lines and all(len(line.split("\t")) == 4 for line in lines)  # file, label, score, box

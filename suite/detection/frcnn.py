@@ -227,7 +227,8 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path, opset: int
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ExportWrapper(model).cpu(), (example,), str(path), dynamo=False, opset_version=min(opset, 17),
+        module = model if isinstance(model, ExportWrapper) else ExportWrapper(model)
+        torch.onnx.export(module.cpu(), (example,), str(path), dynamo=False, opset_version=min(opset, 18),
                           input_names=["images"], output_names=["boxes", "labels", "scores"],
                           dynamic_axes={"images": {1: "height", 2: "width"}, "boxes": {0: "n"}, "labels": {0: "n"},
                                         "scores": {0: "n"}})

@@ -144,23 +144,40 @@ class DetectionModality:
         return [(title, text)] if title else []
 
     # ----- export ----------------------------------------------------------------------------
+    def export_module(self, recipe: Recipe, model: nn.Module) -> nn.Module:
+        """What is exported, verified and benchmarked: YOLO fused with Detect in export mode, or Faster R-CNN
+        taking one [3, H, W] image and returning (boxes, labels, scores)."""
+        return yolo.ExportHead(model) if _kind(recipe) == "yolo" else frcnn.ExportWrapper(model)
+
+    def _bundle_meta(self, recipe: Recipe, labels: list[str]) -> tuple[dict, tuple[list, list[str]]]:
+        if _kind(recipe) == "yolo":
+            size = _imgsz(recipe)
+            return yolo.export_meta(labels, size), (["batch", 3, size, size], ["logits"])
+        return frcnn.export_meta(labels), ([3, "height", "width"], ["boxes", "labels", "scores"])
+
+    def evaluate_bundle(self, recipe: Recipe, bundle, data, split: str) -> dict[str, float] | None:
+        """mAP of an exported bundle on a split, through suite_runtime end to end (`suite eval --onnx`)."""
+        from suite.core.export import OnnxModel
+
+        samples = getattr(data, split)
+        if not samples:
+            return None
+        meta, io = self._bundle_meta(recipe, list(data.labels))
+        got = runtime_map(OnnxModel(bundle), samples, list(data.labels), meta, *io)
+        return {k.replace("val/", f"{split}/"): v for k, v in got.items()}
+
     def export_spec(self, recipe: Recipe, data, model: nn.Module) -> ExportSpec:
         labels = list(data.labels)
         samples = data.val
 
-        if _kind(recipe) == "yolo":
-            size = _imgsz(recipe)
-            meta = yolo.export_meta(labels, size)
-            module = yolo.ExportHead(model)
-            io = (["batch", 3, size, size], ["logits"])
-        else:
-            meta, module, io = frcnn.export_meta(labels), frcnn.ExportWrapper(model), ([3, "height", "width"],
-                                                                                      ["boxes", "labels", "scores"])
+        meta, io = self._bundle_meta(recipe, labels)
+        module = self.export_module(recipe, model)
 
         def evaluate(m) -> dict[str, float]:
             return runtime_map(m, samples, labels, meta, *io)
 
         if _kind(recipe) == "yolo":
+            size = _imgsz(recipe)
             example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
             return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95",
                               calibration=lambda n: _calibration(data.train, n, meta), module=module,
