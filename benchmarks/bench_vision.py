@@ -267,7 +267,7 @@ def _x(a: BenchRow | None, b: BenchRow | None) -> str:
 
 def report(folder: Path) -> str:
     """Markdown tables (ratios of items/s measured in one run) from RESULTS/*.json."""
-    payloads = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    payloads = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if not p.name.startswith("detection-")]
     if not payloads:
         raise SystemExit(f"no results in {folder}")
     out = ["| model | batch | torch eager items/s | torch.compile / eager | ORT fp32 / eager | "
