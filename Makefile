@@ -5,7 +5,7 @@ SUITE  := $(VENV)/bin/suite
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo demo-detect test clean-demo
 
 install: $(STAMP)
 
@@ -20,8 +20,14 @@ demo: install
 	$(SUITE) run recipes/quickstart/shapes-pretrain.yaml --out runs/quickstart-pretrain --overwrite
 	$(SUITE) run recipes/quickstart/shapes-finetune.yaml --out runs/quickstart-finetune --overwrite
 
+# Offline detection quickstart: YOLO11n pretrained on source shapes, fine-tuned on new ones by stages, vs scratch.
+demo-detect: install
+	$(SUITE) run recipes/quickstart/detect-shapes-pretrain.yaml --out runs/detect-pretrain --overwrite
+	$(SUITE) run recipes/quickstart/detect-shapes.yaml --out runs/detect-finetune --overwrite
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf runs/quickstart-pretrain runs/quickstart-finetune data/shapes-source data/shapes-target
+	rm -rf runs/detect-pretrain runs/detect-finetune data/detect-shapes-source data/detect-shapes-target

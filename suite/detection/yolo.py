@@ -29,6 +29,9 @@ from suite.core.schedule import Stage, group_lrs, trainable_groups
 from suite.errors import UserError
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # we resolve weights ourselves; training never reaches a hub
+# Ultralytics' select_device() sets torch to cpu_count - 1 threads on CPU (1 of 2 cores here, to leave room
+# for its dataloader workers); we keep the process's own setting: measured 4.5 -> see README for the figure
+THREADS = torch.get_num_threads()
 
 ARCH = re.compile(r"^yolo(v?\d+)[nslmx]$")
 WEIGHTS_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0/{name}"
@@ -186,6 +189,7 @@ def train(recipe, model, param_groups: list[ParamGroup], data_yaml: Path, run_di
         trainer = Trainer(overrides=stage_args(recipe, data_yaml, stage, i, frozen, device, run_dir))
         trainer.suite_groups, trainer.suite_lrs = param_groups, group_lrs(stage, names, where)
         trainer.suite_optim = (recipe.optim.name, recipe.optim.weight_decay, recipe.optim.momentum)
+        torch.set_num_threads(THREADS)  # after select_device() in the trainer's __init__
         trainer.model = model
         set_trainable(param_groups, trainable)  # Ultralytics re-checks this against freeze= (and warns otherwise)
 
@@ -241,6 +245,7 @@ def _validator_class():
         """Ultralytics' validator that also hands every image's predictions and targets to our evaluator."""
 
         def init_metrics(self, model):
+            torch.set_num_threads(THREADS)  # select_device() ran just before
             super().init_metrics(model)
             self.suite_preds, self.suite_targets, self.suite_files = [], [], []
 
