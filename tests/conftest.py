@@ -1,6 +1,7 @@
 """Offline, small and seeded: every test runs without network and on 2 CPU cores."""
 import os
 import socket
+import sys
 import tempfile
 
 import pytest
@@ -19,3 +20,14 @@ def _no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guard)
     monkeypatch.setattr(socket, "create_connection", guard)
+
+
+@pytest.fixture(autouse=True)
+def _pil_open_unpatched(monkeypatch):
+    """Test modules import Ultralytics directly, which patches PIL.Image.open process-wide (suite code undoes
+    it in suite.detection.yolo); keep PIL's own open here so test order cannot change what a scan sees."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is not None:
+        from PIL import Image
+
+        monkeypatch.setattr(Image, "open", patches._image_open)

@@ -50,3 +50,13 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
         main(["data", "convert", "pennfudan", str(tmp_path), "coco", str(tmp_path / "o")])
     assert e.value.code == 2
     assert "PNGImages/ and PedMasks/ expected" in capsys.readouterr().err
+
+
+def test_ls_groups_for_detection_models(capsys):
+    main(["ls", "groups", "yolo11n", "--classes", "3"])
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert names[0] == "backbone.0" and "neck.22" in names and names[-2:] == ["head", "total"]
+    main(["ls", "groups", "fasterrcnn_mobilenet_v3_large_320_fpn", "--classes", "2"])
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert names == ["backbone.stem", "backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4",
+                     "fpn", "rpn", "roi_heads", "head", "total"]

@@ -1,5 +1,4 @@
 """Faster R-CNN under our loop: groups, the BatchNorm policy, box augmentation, a tiny end-to-end run."""
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file

@@ -132,3 +132,13 @@ def test_run_exports_verifies_and_serves_the_bundle(recipe_file, tmp_path, capsy
     main(["predict", str(out / "export"), str(image), "--conf", "0.0001"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(image))]
     assert lines and all(len(line.split("\t")) == 4 for line in lines)  # file, label, score, box
+
+
+def test_using_yolo_leaves_pil_open_alone(recipe_file):
+    """Ultralytics patches PIL.Image.open to pip-install pi-heif on unreadable files; our scans need PIL's own."""
+    import PIL.Image
+    from ultralytics.utils import patches
+
+    PIL.Image.open = patches.image_open  # as a bare `import ultralytics` leaves it
+    yolo.build_model("yolo11n", ["a"], "none")
+    assert PIL.Image.open is patches._image_open

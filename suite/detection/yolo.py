@@ -33,6 +33,16 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # we resolve weights ourselves; trai
 # for its dataloader workers); we keep the process's own setting: measured 4.5 -> see README for the figure
 THREADS = torch.get_num_threads()
 
+
+def _ultralytics() -> None:
+    """Import Ultralytics, then undo its global PIL.Image.open patch: that one pip-installs pi-heif the first
+    time a file is not an image, so a corrupt file in a user's data would start an install instead of being
+    skipped and counted by our scans (suite.vision.data, suite.detection.data)."""
+    from PIL import Image
+    from ultralytics.utils import patches
+
+    Image.open = patches._image_open
+
 ARCH = re.compile(r"^yolo(v?\d+)[nslmx]$")
 WEIGHTS_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0/{name}"
 # Ultralytics' validator settings for mAP (its `yolo val` defaults)
@@ -45,6 +55,7 @@ def is_yolo(arch: str) -> bool:
 
 def build_model(arch: str, labels: list[str], weights: str):
     """An Ultralytics DetectionModel from ``ARCH.yaml`` with ``len(labels)`` classes, pre-trained when asked."""
+    _ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
     try:
@@ -113,6 +124,7 @@ def _layer_index(group: ParamGroup, model) -> int:
 # ----- training: one Ultralytics run per stage ---------------------------------------------------
 
 def _trainer_class():
+    _ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     class SuiteTrainer(DetectionTrainer):
@@ -238,6 +250,7 @@ def _history_row(trainer, epoch: int, stage: int) -> dict:
 # ----- evaluation: our mAP on the validator's own predictions -------------------------------------
 
 def _validator_class():
+    _ultralytics()
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils import ops
 
@@ -315,6 +328,7 @@ class ExportHead(nn.Module):
 
     def __init__(self, model):
         super().__init__()
+        _ultralytics()
         from ultralytics.nn.modules import Detect
 
         self.model = copy.deepcopy(model).float().eval().fuse()
