@@ -1,4 +1,6 @@
 """Faster R-CNN under our loop: groups, the BatchNorm policy, box augmentation, a tiny end-to-end run."""
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -80,9 +82,17 @@ schedule:
   - {{epochs: 1, train: [roi_heads, head], lr: 0.005}}
 optim: {{name: sgd, weight_decay: 0.0001}}
 train: {{batch_size: 2, seed: 0}}
+export: {{onnx: true, opset: 17, quantize: [int8-static, int8-dynamic]}}
+bench: {{batch_sizes: []}}
 """)
     result = run(recipe, out=tmp_path / "run")
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val/map50_95" in history[0]
     assert set(result.metrics["val"]) >= {"val/map50", "val/map50_95", "val/mar100"}
     assert (tmp_path / "run" / "plots" / "predictions_val.png").is_file()
+    # TorchScript export, batch 1 and any H/W; int8-static is refused for this graph, int8-dynamic is verified
+    meta = json.loads((tmp_path / "run" / "export" / "model.json").read_text())
+    assert meta["input"]["shape"] == [3, "height", "width"] and meta["postprocess"]["type"] == "boxes"
+    assert set(meta["variants"]) == {"fp32", "int8-dynamic"} and meta["exporter"] == "torch.onnx torchscript"
+    verify = json.loads((tmp_path / "run" / "export" / "verify.json").read_text())
+    assert verify["passed"] and verify["variants"]["fp32"]["tensor"]["shapes"][0]["max_abs_diff"] <= 1e-4

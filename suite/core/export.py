@@ -50,6 +50,7 @@ class ExportSpec:
     quantizable: Sequence[str] | None = None  # variants that make sense for this graph; None: every kind
     relative_atol: bool = False  # tensor parity on |diff| / max(1, |reference|) (outputs in pixels, ...)
     quant_exclude: Callable[[Path], list[str]] | None = None  # ONNX file -> nodes int8 variants keep in float
+    tensor_check: Callable[..., dict] | None = None  # (module, bundle, example, atol) -> tensor_parity's dict
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:

@@ -185,7 +185,9 @@ class DetectionModality:
                               extra={"outputs": [{"name": "logits", "shape": ["batch", 4 + len(labels), "anchors"]}]})
         example = _example_image(samples)
         return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95", module=module,
-                          export=frcnn.export_torchscript, parity_batches=(), quantizable=(),
+                          export=frcnn.export_torchscript, parity_batches=(),
+                          quantizable=("int8-dynamic",),  # the box head's Linear layers; static int8 breaks NMS
+                          tensor_check=frcnn.tensor_parity,
                           extra={"input": {"name": "images", "shape": [3, "height", "width"], "dtype": "float32",
                                            "layout": "CHW", "batch": 1},
                                  "outputs": [{"name": "boxes", "shape": ["n", 4]}, {"name": "labels", "shape": ["n"]},
