@@ -4,10 +4,17 @@ PY     := $(VENV)/bin/python
 SUITE  := $(VENV)/bin/suite
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -q
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo demo-detect test clean-demo
+.PHONY: install espeak demo demo-detect test clean-demo
 
-install: $(STAMP)
+install: $(STAMP) espeak
+
+# espeak-ng (Debian) synthesizes the offline speech dataset; instant when it is already there.
+espeak:
+	@command -v espeak-ng >/dev/null || { echo "installing espeak-ng (offline speech dataset)"; \
+	  $(SUDO) apt-get install -y -q espeak-ng >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && \
+	  $(SUDO) apt-get install -y -q espeak-ng >/dev/null; }; }
 
 # Re-installs only when the dependency files change, so repeated calls are instant.
 $(STAMP): pyproject.toml export/pyproject.toml constraints.txt

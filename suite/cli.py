@@ -182,6 +182,28 @@ def make_shapes_detection(out, classes, train_images, val_images, test_images, s
     click.echo(f"detection shapes ({', '.join(names)}): {path}")
 
 
+@make.command(name="speech")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--words", default=None, help="Comma-separated words (default: yes,no,up,down,left,right,on,off,stop,go "
+                                          "and the digits zero..nine, like Speech Commands).")
+@click.option("--train-per-word", default=40, show_default=True)
+@click.option("--val-per-word", default=10, show_default=True)
+@click.option("--test-per-word", default=0, show_default=True)
+@click.option("--sentences", default=0, show_default=True, help="Also this many training sentences for CTC.")
+@click.option("--sample-rate", default=16000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def make_speech(out, words, train_per_word, val_per_word, test_per_word, sentences, sample_rate, seed):
+    """Spoken words (espeak-ng: many voices, speeds, pitches, background noise) as an audiofolder of 1 s clips,
+    plus sentences/{train,val}.csv manifests for CTC."""
+    from suite.datasets.speech import DIGITS, KEYWORDS
+    from suite.datasets.speech import make_speech as generate
+
+    names = [w.strip() for w in words.split(",") if w.strip()] if words else [*KEYWORDS, *DIGITS]
+    path = generate(out, names, train_per_word, val_per_word, test_per_word, sentences=sentences,
+                    sample_rate=sample_rate, seed=seed, progress=True)
+    click.echo(f"speech dataset ({len(names)} words{f', {sentences} sentences' if sentences else ''}) in {path}")
+
+
 @data.command(name="convert")
 @click.argument("source_format", type=click.Choice(["yolo", "coco", "pennfudan"]))
 @click.argument("source", type=click.Path(exists=True))

@@ -179,3 +179,18 @@ def test_metrics_document_regression_without_test(tmp_path) -> None:
         "confusion": None,
         "baselines": {},
     }
+
+
+def test_transcription_error_rates_are_corpus_level() -> None:
+    from suite.core.metrics import TranscriptionEvaluator
+
+    ev = TranscriptionEvaluator()
+    ev.update(["the cat sat", "go"], ["the cat sat down", "go"])  # 1 deletion in 5 words
+    ev.update(["yes"], ["yes no"])  # 1 deletion in 2 words -> 2 / 7 overall
+    r = ev.compute()
+    assert r.metrics["wer"] == pytest.approx(2 / 7)
+    # characters: "the cat sat" vs "the cat sat down" -> 5 deletions (" down"); "yes" vs "yes no" -> 3
+    assert r.metrics["cer"] == pytest.approx(8 / (16 + 2 + 6))
+    assert r.extra["samples"][0] == ("the cat sat down", "the cat sat")
+    with pytest.raises(UserError):
+        TranscriptionEvaluator().compute()

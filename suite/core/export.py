@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,6 +131,38 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.bundle.run(x.detach().cpu().numpy().astype(np.float32))))
+
+
+class TorchSession:
+    """A torch module behind the slice of onnxruntime's InferenceSession that ``Bundle`` uses, so PyTorch
+    and the exported graph are scored through exactly the same runtime pre- and postprocessing."""
+
+    def __init__(self, module: nn.Module, input_shape: list, output_names: list[str], input_name: str = INPUT):
+        self.module = module.eval().cpu()
+        self._inputs = [SimpleNamespace(name=input_name, shape=input_shape)]
+        self._outputs = [SimpleNamespace(name=n) for n in output_names]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, names, feeds: dict) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(feeds[self._inputs[0].name], dtype=np.float32)))
+        outs = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+        every = [o.name for o in self._outputs]
+        return outs if names is None else [outs[every.index(n)] for n in names]
+
+
+def as_bundle(m, meta: dict, input_shape: list, output_names: list[str], input_name: str = INPUT):
+    """``m`` as a suite_runtime Bundle: an OnnxModel's own, or a torch module behind TorchSession."""
+    from suite_runtime import Bundle
+
+    if isinstance(m, OnnxModel):
+        return m.bundle
+    return Bundle(Path("."), meta, "torch", TorchSession(m, input_shape, output_names, input_name), {})
 
 
 def tensor_parity(model: nn.Module, bundle, example: torch.Tensor, batches: Sequence[int], atol: float,

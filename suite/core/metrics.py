@@ -42,8 +42,9 @@ from suite.errors import UserError
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "top5")
 REGRESSION_METRICS = ("mse", "mae")
 DETECTION_METRICS = ("map50", "map50_95", "map75", "mar100")
+TRANSCRIPTION_METRICS = ("wer", "cer")
 _VALID = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS,
-          "detection": DETECTION_METRICS}
+          "detection": DETECTION_METRICS, "transcription": TRANSCRIPTION_METRICS}
 # Every evaluator reports the loss it was given, so "loss"/"val/loss" is always a valid name
 # (e.g. to monitor for early stopping); it is not in the tuples because it is not computed here.
 _ALWAYS_VALID = ("loss",)
@@ -258,6 +259,39 @@ class DetectionEvaluator:
         curves = {self.labels[c]: precision[:, k].clamp(min=0).tolist()
                   for k, c in enumerate(classes) if 0 <= c < len(self.labels)}
         return EvalResult(metrics=out, per_class=per_class, extra={"pr_curves": curves})
+
+
+class TranscriptionEvaluator:
+    """Word and character error rates (torchmetrics) of predicted vs reference transcripts, corpus-level:
+    total edits over total reference words / characters, as jiwer and the HF `evaluate` metrics compute them."""
+
+    def __init__(self, examples: int = 5) -> None:
+        from torchmetrics.text import CharErrorRate, WordErrorRate
+
+        self._wer, self._cer = WordErrorRate(), CharErrorRate()
+        self._n, self._loss_sum, self._loss_n = 0, 0.0, 0
+        self.samples: list[tuple[str, str]] = []  # the first few (reference, prediction) pairs, for the report
+        self._keep = examples
+
+    def update(self, predictions: Sequence[str], references: Sequence[str], loss: float | None = None) -> None:
+        preds, refs = list(predictions), list(references)
+        if len(preds) != len(refs):
+            raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
+        self._wer.update(preds, refs)
+        self._cer.update(preds, refs)
+        self._n += len(refs)
+        self.samples += list(zip(refs, preds))[: max(0, self._keep - len(self.samples))]
+        if loss is not None:
+            self._loss_sum += float(loss) * len(refs)
+            self._loss_n += len(refs)
+
+    def compute(self) -> EvalResult:
+        if self._n == 0:
+            raise UserError("no clips were evaluated: is the evaluation split empty?")
+        out = {"wer": _scalar(self._wer.compute()), "cer": _scalar(self._cer.compute())}
+        if self._loss_n:
+            out["loss"] = self._loss_sum / self._loss_n
+        return EvalResult(metrics=out, extra={"samples": list(self.samples)})
 
 
 def _scalar(t: Tensor) -> float:

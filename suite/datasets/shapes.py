@@ -219,13 +219,14 @@ def _check_classes(classes: Sequence[str]) -> list[str]:
     return classes
 
 
-def _check_count(name: str, value: int, minimum: int) -> int:
+def _check_count(name: str, value: int, minimum: int, maximum: int | None = None) -> int:
     try:
         number = operator.index(value)  # ints and numpy ints; not floats or strings from a sloppy recipe
     except TypeError:
         number = None
-    if number is None or number < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise UserError(f"{name} must be an integer {bounds}, got {value!r}")
     return int(number)
 
 

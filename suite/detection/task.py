@@ -214,40 +214,11 @@ def _calibration(samples, n: int, meta: dict):
         yield np.stack([letterbox(str(samples[i].image), meta["preprocess"])[0] for i in order[start:start + 8]])
 
 
-class TorchSession:
-    """A torch module behind the slice of onnxruntime's InferenceSession that ``Bundle`` uses, so PyTorch
-    and the exported graph are scored through exactly the same runtime pre- and postprocessing."""
-
-    def __init__(self, module: nn.Module, input_shape: list, output_names: list[str]):
-        from types import SimpleNamespace
-
-        self.module = module.eval().cpu()
-        self._inputs = [SimpleNamespace(name="images", shape=input_shape)]
-        self._outputs = [SimpleNamespace(name=n) for n in output_names]
-
-    def get_inputs(self):
-        return self._inputs
-
-    def get_outputs(self):
-        return self._outputs
-
-    def run(self, names, feeds: dict) -> list[np.ndarray]:
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(feeds["images"], dtype=np.float32)))
-        outs = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
-        every = [o.name for o in self._outputs]
-        return outs if names is None else [outs[every.index(n)] for n in names]
-
-
 def runtime_map(m, samples, labels: list[str], meta: dict, spec_input: list, outputs: list[str]) -> dict[str, float]:
     """mAP of ``m`` (a torch module or an OnnxModel) through suite_runtime's Bundle.predict on ``samples``."""
-    from suite.core.export import OnnxModel
-    from suite_runtime import Bundle
+    from suite.core.export import as_bundle
 
-    if isinstance(m, OnnxModel):
-        bundle = m.bundle
-    else:
-        bundle = Bundle(Path("."), meta, "torch", TorchSession(m, spec_input, outputs), {})
+    bundle = as_bundle(m, meta, spec_input, outputs)
     is_yolo = meta["postprocess"]["type"] == "yolo"  # mAP as Ultralytics' validator: conf 0.001, multi-label
     kw = {"conf": yolo.VAL_CONF, "multi_label": True} if is_yolo else {}
     ev = DetectionEvaluator(labels)
