@@ -101,6 +101,9 @@ def predict(bundle, inputs, variant, top_k, conf):
             for line in format_detections(path, p, as_json=False) or [f"{path}	(no detections)"]:
                 click.echo(line)
             continue
+        if getattr(p, "text", None) is not None:  # CTC transcript
+            click.echo(f"{path}\t{p.text}")
+            continue
         shown = f"{p.value:.6g}" if p.value is not None else "  ".join(f"{k} {v:.4f}" for k, v in p.scores.items())
         click.echo(f"{path}\t{shown}")
 

@@ -63,6 +63,7 @@ class SyntheticCfg:
     size: int = 64
     seed: int = 0
     max_objects: int = 4  # detection: shapes per image (1..max_objects); counts above are images per class
+    sentences: int = 0  # speech-ctc: spoken sentences for training (validation gets max(10, sentences // 5))
 
     def __post_init__(self):
         if self.max_objects < 1:
@@ -83,6 +84,7 @@ class DataCfg:
     balance: str = "none"  # none | sampler (weighted sampler) | loss (class-weighted loss)
     augment: str = "standard"  # none | light | standard
     num_workers: int = 0
+    max_seconds: float | None = None  # speech: longer clips are cropped (keywords) or skipped (CTC; 30 s if unset)
     synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
 
     def __post_init__(self):
@@ -95,6 +97,8 @@ class DataCfg:
             raise FieldError("resize", f"must be >= image_size, got {self.resize}")
         if self.num_workers < 0:
             raise FieldError("num_workers", "must be >= 0")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise FieldError("max_seconds", f"must be > 0, got {self.max_seconds}")
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,9 @@ def _scalar(tp, value, path, where):
         str: isinstance(value, str),
     }.get(tp, True)
     if not ok:
-        raise where.error(path, f"expected {tp.__name__}, got {value!r}")
+        hint = " (YAML reads yes/no/on/off as booleans: quote the word, e.g. \"yes\")" \
+            if tp is str and isinstance(value, bool) else ""
+        raise where.error(path, f"expected {tp.__name__}, got {value!r}{hint}")
     return float(value) if tp is float else value
 
 

@@ -68,11 +68,19 @@ def _detection() -> Modality:
     return DetectionModality()
 
 
+def _speech() -> Modality:
+    from suite.speech.task import SpeechModality
+
+    return SpeechModality()
+
+
 # task name -> factory of the modality that handles it
 REGISTRY: dict[str, Callable[[], Modality]] = {
     "image-classification": _vision,
     "image-regression": _vision,
     "detection": _detection,
+    "speech-classification": _speech,
+    "speech-ctc": _speech,
 }
 
 

@@ -54,7 +54,7 @@ def test_layout_and_counts(tiny):
             names = sorted(p.name for p in (tiny / split / word).iterdir())
             assert names == [f"{i:05d}.wav" for i in range(n)]
     sentences = tiny / "sentences"
-    assert sorted(p.name for p in sentences.iterdir()) == ["train", "train.csv", "val", "val.csv"]
+    assert sorted(p.name for p in sentences.iterdir()) == ["manifest.csv", "train", "train.csv", "val", "val.csv"]
     assert len(list((sentences / "train").iterdir())) == 4
     assert len(list((sentences / "val").iterdir())) == 10  # max(10, sentences // 5)
     params = json.loads((tiny / "speech.json").read_text())
@@ -133,7 +133,7 @@ def test_sentences_use_only_the_vocabulary_and_vary():
 def test_same_seed_gives_byte_identical_files(tmp_path):
     a = files(make_speech(tmp_path / "a", **TINY, seed=3))
     b = files(make_speech(tmp_path / "b", **TINY, seed=3))
-    assert a == b and len(a) == 15 + 14 + 3  # clips, sentences, two manifests and speech.json
+    assert a == b and len(a) == 15 + 14 + 4  # clips, sentences, three manifests and speech.json
     other = files(make_speech(tmp_path / "c", ["yes"], 1, 0, seed=4))
     assert other["train/yes/00000.wav"] != a["train/yes/00000.wav"]
 

@@ -1,15 +1,18 @@
-"""Run finetune-suite ONNX bundles with onnxruntime, numpy and Pillow only (no torch).
+"""Run finetune-suite ONNX bundles with onnxruntime, numpy, Pillow, soundfile and soxr only (no torch).
 
     from suite_runtime import Bundle
     bundle = Bundle.load("runs/x/export")
     bundle.predict(["cat.jpg"], top_k=3)            # classification: Prediction per input
     bundle.predict(["street.jpg"], conf=0.25)       # detection: Detections per input (boxes, scores, classes)
+    bundle.predict(["yes.wav", "clip.flac"])        # speech: Prediction with label/score, or .text for CTC
 """
+from suite_runtime.audio import AudioSpec, ctc_greedy, normalize, pad_batch, preprocess_audio, read_audio
 from suite_runtime.bundle import Bundle, Prediction, softmax
 from suite_runtime.detection import (Detections, batched_nms, decode_yolo, draw, letterbox, nms, scale_boxes,
                                      xywh2xyxy)
 from suite_runtime.preprocess import preprocess_image
 
 __version__ = "0.1.0"
-__all__ = ["Bundle", "Detections", "Prediction", "batched_nms", "decode_yolo", "draw", "letterbox", "nms",
-           "preprocess_image", "scale_boxes", "softmax", "xywh2xyxy", "__version__"]
+__all__ = ["AudioSpec", "Bundle", "Detections", "Prediction", "batched_nms", "ctc_greedy", "decode_yolo", "draw",
+           "letterbox", "nms", "normalize", "pad_batch", "preprocess_audio", "preprocess_image", "read_audio",
+           "scale_boxes", "softmax", "xywh2xyxy", "__version__"]

@@ -1,7 +1,8 @@
 """A bundle folder (model.json plus ONNX variants) behind load / preprocess / run / predict.
 
 The exporter (``suite export``) verifies every bundle through this class, so what a deployed app runs is
-exactly what was checked against PyTorch.
+exactly what was checked against PyTorch. Image bundles are described in ``preprocess``, detection bundles in
+``detection`` and speech bundles in ``audio``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image
 
+from suite_runtime.audio import AudioInput, AudioSpec, ctc_greedy, preprocess_audio
 from suite_runtime.detection import (BoxesPost, Detections, Image01Spec, LetterboxSpec, YoloPost, decode_yolo,
                                      image01, letterbox, scale_boxes, select_boxes)
 from suite_runtime.preprocess import ImageInput, ImageSpec, preprocess_image
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 EXPORT_HINT = "run `suite export RUN_DIR` to create one"
 PREPROCESS_TYPES = {"image": ImageSpec.from_dict, "letterbox": LetterboxSpec.from_dict,
-                    "image01": Image01Spec.from_dict}
-POSTPROCESS_TYPES = ("softmax", "identity", "yolo", "boxes")
+                    "image01": Image01Spec.from_dict, "audio": AudioSpec.from_dict}
+POSTPROCESS_TYPES = ("softmax", "identity", "yolo", "boxes", "ctc_greedy")
 DETECTION_TYPES = ("yolo", "boxes")
 
 
@@ -36,6 +38,7 @@ class Prediction:
     score: float | None  # ... and its softmax probability
     scores: dict[str, float] = field(default_factory=dict)  # top_k labels -> probability, best first
     value: float | None = None  # regression output
+    text: str | None = None  # speech recognition (CTC): the transcript
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -88,12 +91,19 @@ def make_session(model: Path, threads: int | None) -> tuple[ort.InferenceSession
     return session, summary
 
 
-def _as_list(inputs) -> list:
-    """One input or a sequence of them -> a list; a 4-D array is a batch of HWC images."""
+def _as_list(inputs, audio: bool = False) -> list:
+    """One input or a sequence of them -> a list.
+
+    A 4-D array is a batch of HWC images. For audio a 2-D array is a batch of mono clips [batch, time], as
+    Hugging Face's feature extractors read it, and an (array, sample_rate) pair is one clip.
+    """
     if isinstance(inputs, (str, os.PathLike, Image.Image)):
         return [inputs]
     if isinstance(inputs, np.ndarray):
-        return list(inputs) if inputs.ndim == 4 else [inputs]
+        return list(inputs) if inputs.ndim == (2 if audio else 4) else [inputs]
+    if audio and isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], np.ndarray) \
+            and isinstance(inputs[1], (int, np.integer)):
+        return [inputs]
     return list(inputs)
 
 
@@ -131,7 +141,7 @@ class Bundle:
         return self._post_spec().get("type") in DETECTION_TYPES
 
     @cached_property
-    def _pre_spec(self) -> ImageSpec | LetterboxSpec | Image01Spec:
+    def _pre_spec(self) -> ImageSpec | LetterboxSpec | Image01Spec | AudioSpec:
         spec = self.meta.get("preprocess")
         if not isinstance(spec, dict):
             raise ValueError(f"{self.path / 'model.json'} has no preprocess block")
@@ -149,9 +159,12 @@ class Bundle:
                              f"{', '.join(POSTPROCESS_TYPES)}")
         return spec
 
-    def preprocess(self, item: ImageInput) -> np.ndarray:
-        """One input -> the model's input for one sample: (3, size, size) float32, or (3, H, W) for image01."""
+    def preprocess(self, item: ImageInput | AudioInput) -> np.ndarray:
+        """One input -> the model's input for one sample: (3, size, size) float32, (3, H, W) for image01, or a
+        1-D normalised waveform for audio."""
         spec = self._pre_spec
+        if isinstance(spec, AudioSpec):
+            return preprocess_audio(item, spec)
         if isinstance(spec, LetterboxSpec):
             return letterbox(item, spec)[0]
         if isinstance(spec, Image01Spec):
@@ -159,7 +172,8 @@ class Bundle:
         return preprocess_image(item, spec)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Raw first output for a preprocessed batch (NCHW float32 for images; one CHW image for image01)."""
+        """Raw first output for a preprocessed batch (NCHW float32 for images; one CHW image for image01;
+        [batch, time] float32 for audio)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
 
@@ -171,16 +185,20 @@ class Bundle:
 
     def predict(self, inputs, batch_size: int = 8, top_k: int = 1, *, conf: float | None = None,
                 iou: float | None = None, multi_label: bool | None = None) -> list[Prediction] | list[Detections]:
-        """Paths, PIL images or arrays (one or a list) -> one result each, in order.
+        """Paths, PIL images, arrays or (array, sample_rate) pairs (one or a list) -> one result each, in order.
 
         Classification and regression bundles give a Prediction (``top_k`` labels); detection bundles give
         Detections, where ``conf`` and ``iou`` override model.json's score and NMS IoU thresholds, and
-        ``multi_label`` (YOLO) keeps every class above ``conf`` per anchor, as mAP evaluation does.
+        ``multi_label`` (YOLO) keeps every class above ``conf`` per anchor, as mAP evaluation does. Speech
+        bundles give a Prediction with labels and scores (keywords) or ``text`` (CTC); see ``_predict_audio``
+        for how clips are batched.
         """
         if batch_size < 1 or top_k < 1:
             raise ValueError(f"batch_size and top_k must be >= 1 (got {batch_size}, {top_k})")
         post, spec = self._post_spec(), self._pre_spec  # validate before decoding anything
-        items = _as_list(inputs)
+        items = _as_list(inputs, audio=isinstance(spec, AudioSpec))
+        if isinstance(spec, AudioSpec) or post["type"] == "ctc_greedy":
+            return self._predict_audio(items, batch_size, top_k, post)
         if post["type"] == "yolo":
             return self._detect_yolo(items, batch_size, YoloPost.from_dict(post, conf, iou, multi_label))
         if post["type"] == "boxes":
@@ -195,9 +213,63 @@ class Bundle:
     def _needs(self, pre: type, post: str) -> None:
         if not isinstance(self._pre_spec, pre):
             have = self.meta["preprocess"].get("type", "image")
-            raise ValueError(f"postprocess type '{post}' needs preprocess type "
-                             f"'{'letterbox' if pre is LetterboxSpec else 'image01'}'; {self.path / 'model.json'} "
-                             f"has '{have}'")
+            want = {LetterboxSpec: "letterbox", Image01Spec: "image01", AudioSpec: "audio"}[pre]
+            raise ValueError(f"postprocess type '{post}' needs preprocess type '{want}'; "
+                             f"{self.path / 'model.json'} has '{have}'")
+
+    def _predict_audio(self, items: list, batch_size: int, top_k: int, post: dict) -> list[Prediction]:
+        """Clips -> Predictions. Only clips of equal length share a run; others run one at a time.
+
+        The graph has no attention mask, so zero-padding a clip to its batch's longest would change its
+        output (see ``audio.pad_batch``): results equal to PyTorch's on each clip are worth more than the
+        throughput of padded batches. Clips are read ``batch_size`` at a time, which bounds memory; clips of
+        one length (a keyword set cut to 1 s) still run ``batch_size`` at a time.
+        """
+        if post["type"] not in ("softmax", "identity", "ctc_greedy"):
+            raise ValueError(f"postprocess type '{post['type']}' does not apply to audio; use softmax or ctc_greedy")
+        self._needs(AudioSpec, post["type"])
+        head = {"softmax": self._classify, "identity": self._regress, "ctc_greedy": self._transcribe}[post["type"]]
+        dims = self.session.get_inputs()[0].shape
+        fixed = dims[0] if isinstance(dims[0], int) else None
+        out: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            clips = [self.preprocess(x) for x in items[start:start + batch_size]]
+            self._check_length(clips, dims)
+            out.extend(self._run_by_length(clips, head, top_k, fixed))
+        return out
+
+    def _run_by_length(self, clips: list[np.ndarray], head, top_k: int, fixed: int | None) -> list[Prediction]:
+        """One run per group of equal-length clips (``fixed`` at a time for a graph with a fixed batch size)."""
+        groups: dict[int, list[int]] = {}
+        for i, clip in enumerate(clips):
+            groups.setdefault(len(clip), []).append(i)
+        results: list = [None] * len(clips)  # every slot is filled below
+        for group in groups.values():
+            size = fixed or len(group)
+            for idx in (group[k:k + size] for k in range(0, len(group), size)):
+                batch = np.stack([clips[i] for i in idx])
+                if len(batch) < size:  # a graph exported with a fixed batch takes exactly that many
+                    batch = np.concatenate([batch, np.zeros((size - len(batch), batch.shape[1]), batch.dtype)])
+                for i, p in zip(idx, head(self.run(batch)[:len(idx)], top_k)):
+                    results[i] = p
+        return results
+
+    def _check_length(self, clips: list[np.ndarray], dims: list) -> None:
+        if len(dims) != 2:
+            raise ValueError(f"speech models take [batch, time] input; this graph's input has shape {dims}")
+        if isinstance(dims[1], int) and any(len(c) != dims[1] for c in clips):
+            rate = self._pre_spec.sample_rate
+            raise ValueError(f"the model takes clips of exactly {dims[1]} samples ({dims[1] / rate:g} s at {rate} Hz) "
+                             f"but got {sorted({len(c) for c in clips})}; re-export it with a dynamic time axis")
+
+    def _transcribe(self, raw: np.ndarray, top_k: int) -> list[Prediction]:
+        post = self._post_spec()
+        if raw.ndim != 3 or raw.shape[2] != len(self.labels):
+            raise ValueError(f"CTC output has shape {raw.shape}; model.json has {len(self.labels)} vocabulary tokens, "
+                             f"so expected [batch, frames, {len(self.labels)}]")
+        texts = ctc_greedy(raw, self.labels, blank=post.get("blank", "<pad>"),
+                           delimiter=post.get("word_delimiter", "|"), unk=post.get("unk", "<unk>"))
+        return [Prediction(label=None, score=None, scores={}, text=t) for t in texts]
 
     def _detect_yolo(self, items: list, batch_size: int, post: YoloPost) -> list[Detections]:
         self._needs(LetterboxSpec, "yolo")

@@ -1,6 +1,6 @@
 """`suite-runtime predict BUNDLE FILES...`: tab-separated lines or JSON, one per file (per box for detection).
 
-argparse only, so the deploy package needs nothing beyond onnxruntime, numpy and Pillow.
+argparse only, so the deploy package needs nothing beyond onnxruntime, numpy, Pillow, soundfile and soxr.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from suite_runtime.detection import Detections, draw
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="suite-runtime", description="Run an exported finetune-suite bundle.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="predict image files with a bundle folder")
+    p = sub.add_parser("predict", help="predict image or audio files with a bundle folder")
     p.add_argument("bundle", help="bundle folder written by `suite export` (holds model.json)")
-    p.add_argument("files", nargs="+", help="image files")
+    p.add_argument("files", nargs="+", help="image files, or audio files (any format soundfile reads)")
     p.add_argument("--top-k", type=int, default=1, help="labels to show per file (classification)")
     p.add_argument("--variant", help="fp32, int8-static, int8-dynamic (default: the bundle's default_variant)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -33,8 +33,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def format_line(path: str, p: Prediction, as_json: bool) -> str:
+    """`file<TAB>label<TAB>score`, `file<TAB>value` (regression), `file<TAB>transcript` (CTC), or one JSON object."""
     if as_json:
-        return json.dumps({"file": path, **dataclasses.asdict(p)})
+        fields = dataclasses.asdict(p)
+        if fields["text"] is None:  # only speech recognition has it; other bundles' JSON stays as it was
+            del fields["text"]
+        return json.dumps({"file": path, **fields})
+    if p.text is not None:
+        return f"{path}\t{p.text}"
     if p.value is not None:
         return f"{path}\t{p.value:.6g}"
     # top-1 first; with --top-k the further label/score pairs follow on the same line

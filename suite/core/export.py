@@ -199,10 +199,11 @@ def tensor_parity(model: nn.Module, bundle, example: torch.Tensor, batches: Sequ
 def task_parity(torch_metrics: dict, onnx_metrics: dict, metric: str, max_drop: float) -> dict:
     """The same evaluator through PyTorch and onnxruntime; fail when the metric drops > max_drop points."""
     a, b = torch_metrics[metric], onnx_metrics[metric]
-    lower_better = metric.rsplit("/", 1)[-1] in ("loss", "mse", "mae", "wer", "cer")
+    name = metric.rsplit("/", 1)[-1]
+    lower_better = name in ("loss", "mse", "mae", "wer", "cer")
     drop = (b - a) if lower_better else (a - b)
-    # points = percentage points for rates in [0, 1]; raw units for error metrics like mse
-    drop_points = drop * 100 if not lower_better else drop
+    # points = percentage points for rates (accuracy, mAP, WER, CER); raw units for loss, mse, mae
+    drop_points = drop if name in ("loss", "mse", "mae") else drop * 100
     passed = math.isfinite(b) and drop_points <= max_drop
     return {"metric": metric, "torch": a, "onnxruntime": b, "delta": b - a, "drop_points": drop_points,
             "max_drop_points": max_drop, "passed": passed}

@@ -380,12 +380,14 @@ def _run_jobs(jobs: list[tuple[_Job, bool]], params: dict, desc: str, progress: 
     pool.shutdown(wait=True)
 
 
-def _write_manifest(path: Path, jobs: list[_Job]) -> None:
+def _write_manifest(path: Path, jobs: dict[str, list[_Job]], with_split: bool = False) -> None:
+    """path,text rows (paths relative to the csv) of every split in ``jobs``; ``with_split`` adds a split column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "text"])
-    for job in jobs:
-        writer.writerow([job.path.relative_to(path.parent).as_posix(), job.text])
+    writer.writerow(["path", "text"] + (["split"] if with_split else []))
+    for split, split_jobs in jobs.items():
+        for job in split_jobs:
+            writer.writerow([job.path.relative_to(path.parent).as_posix(), job.text] + ([split] if with_split else []))
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -441,7 +443,7 @@ def make_speech(out, words: Sequence[str] = KEYWORDS + DIGITS, train_per_word: i
                 sample_rate: int = 16000, seed: int = 0, noise: bool = True, progress: bool = False) -> Path:
     """Write an audiofolder of 1 s mono 16-bit clips, out/{train,val[,test]}/<word>/NNNNN.wav, and when
     sentences > 0 out/sentences/{train,val}/NNNNN.wav with out/sentences/{train,val}.csv (path,text;
-    paths relative to the csv): `sentences` train clips and max(10, sentences // 5) val clips. Then
+    paths relative to the csv) and out/sentences/manifest.csv (path,text,split: both splits): `sentences` train clips and max(10, sentences // 5) val clips. Then
     out/speech.json (the parameters, espeak-ng version, languages and variants) last.
 
     Idempotent: if speech.json already records these parameters, returns at once without writing.
@@ -469,7 +471,9 @@ def make_speech(out, words: Sequence[str] = KEYWORDS + DIGITS, train_per_word: i
     _run_jobs(jobs, params, f"speech -> {out}", progress)
     for split, split_jobs in sentence_jobs.items():
         if split_jobs:
-            _write_manifest(out / "sentences" / f"{split}.csv", split_jobs)
+            _write_manifest(out / "sentences" / f"{split}.csv", {split: split_jobs})
+    if any(sentence_jobs.values()):  # both splits with a split column: what `data.format: manifest` reads
+        _write_manifest(out / "sentences" / "manifest.csv", sentence_jobs, with_split=True)
     atomic_write_text(out / "speech.json", json.dumps(params, indent=2) + "\n")
     (out / _PARTIAL).unlink(missing_ok=True)  # after speech.json: a crash in between still reads as done
     return out

@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from suite.core.checkpoint import atomic_write_text
+from suite.core.scan import ScanReport
 from suite.errors import UserError
 from suite.vision.data import _strict_decoding  # one rule for truncated images
 
@@ -88,31 +90,14 @@ class SplitScan:
 
 
 @dataclass
-class DetScanReport:
+class DetScanReport(ScanReport):
     """Per-split counts, the first few skipped files, and notes such as a val split held out of train."""
 
-    splits: dict[str, SplitScan] = field(default_factory=dict)
-    example_pairs: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first few skips
-    notes: list[str] = field(default_factory=list)
-
-    def split(self, name: str) -> SplitScan:
-        return self.splits.setdefault(name, SplitScan())
-
-    @property
-    def found(self) -> int:
-        return sum(s.found for s in self.splits.values())
-
-    @property
-    def kept(self) -> int:
-        return sum(s.kept for s in self.splits.values())
+    split_type: ClassVar[type] = SplitScan
 
     @property
     def background(self) -> int:
         return sum(s.background for s in self.splits.values())
-
-    @property
-    def skipped(self) -> Counter:
-        return sum((s.skipped for s in self.splits.values()), Counter())
 
     @property
     def removed(self) -> Counter:
@@ -136,9 +121,6 @@ class DetScanReport:
         parts = [self.splits[s].describe(s) for s in SPLITS if s in self.splits]
         return "; ".join(parts + self.notes)
 
-    def examples(self) -> list[str]:
-        """'reason: path' for the first few skipped images."""
-        return [f"{reason}: {path}" for path, reason in self.example_pairs]
 
 
 @dataclass(eq=False)

@@ -1,0 +1,235 @@
+"""The speech modality: Wav2Vec2 keyword spotting (speech-classification) and CTC recognition (speech-ctc)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from suite.core import report
+from suite.core.export import ExportSpec, as_bundle
+from suite.core.groups import ParamGroup
+from suite.core.loop import Hooks
+from suite.core.metrics import ClassificationEvaluator, EvalResult, TranscriptionEvaluator, check_metric_names
+from suite.errors import UserError
+from suite.recipe import Recipe
+from suite.speech import data as sdata
+from suite.speech import wav2vec2
+
+SYNTHETIC = "synthetic:speech"
+SAMPLE_RATE = 16000  # every Wav2Vec2 checkpoint's rate; clips at other rates are resampled when read
+MASK_TIME_PROB = {"none": 0.0, "light": 0.05, "standard": 0.05}  # SpecAugment-style masking in the model
+SPEECH_INPUT = "input_values"
+
+
+def _ctc(recipe: Recipe) -> bool:
+    return recipe.task == "speech-ctc"
+
+
+class SpeechModality:
+    """Satisfies suite.tasks.Modality for speech-classification and speech-ctc."""
+
+    def load_data(self, recipe: Recipe) -> sdata.SpeechData:
+        d = recipe.data
+        check_metric_names(recipe.eval.metrics, "transcription" if _ctc(recipe) else "classification")
+        if not wav2vec2.is_wav2vec2(recipe.model.arch):
+            raise UserError(f"model.arch '{recipe.model.arch}' is not a speech model; use one of "
+                            f"{', '.join(wav2vec2.SIZES)}")
+        fmt, root = d.format, d.root
+        if fmt == SYNTHETIC:
+            root = Path(root or f"data/{recipe.name}")
+            _make_speech(d.synthetic, root, _ctc(recipe))
+            fmt, root = ("manifest", root / "sentences" / "manifest.csv") if _ctc(recipe) else ("audiofolder", root)
+        if not str(root):
+            raise UserError(f"data.root is empty; point it at your data: -s data.root=PATH ({fmt})")
+        return sdata.load_speech(fmt, root, recipe.task, SAMPLE_RATE, d.val_split, recipe.train.seed,
+                                 d.max_seconds or 30.0)
+
+    def build_model(self, recipe: Recipe, data, weights: str) -> nn.Module:
+        m = recipe.model
+        return wav2vec2.build_model(m.arch, len(data.labels), weights, _ctc(recipe), pad_id=0,
+                                    mask_time_prob=MASK_TIME_PROB.get(recipe.data.augment, 0.05))
+
+    def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
+        return wav2vec2.groups(model)
+
+    def default_metric(self, recipe: Recipe) -> str:
+        # CER moves before WER does on a small model, so it picks the best epoch more reliably
+        return "val/cer" if _ctc(recipe) else "val/accuracy"
+
+    def hooks(self, recipe: Recipe, data, device: torch.device) -> Hooks:
+        def loss(model: nn.Module, batch) -> torch.Tensor:
+            return model(**_inputs(model, batch, device), labels=batch["labels"].to(device)).loss
+
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            return self.evaluate(recipe, model, data, "val", device).prefixed("val")
+
+        def train_loader(epoch: int) -> DataLoader:
+            ds = sdata.AudioDataset(data.train, data, recipe.task, train=True, augment=recipe.data.augment,
+                                    max_seconds=recipe.data.max_seconds, seed=recipe.train.seed)
+            ds.set_epoch(epoch)
+            gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
+            n, bs = len(ds), recipe.train.batch_size
+            return DataLoader(ds, batch_size=bs, shuffle=True, generator=gen, collate_fn=sdata.collate,
+                              num_workers=recipe.data.num_workers, drop_last=n > bs and n % bs == 1)
+
+        return Hooks(loss=loss, evaluate=evaluate, train_loader=train_loader)
+
+    def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
+        clips = getattr(data, split)
+        if not clips:
+            return None
+        ds = sdata.AudioDataset(clips, data, recipe.task, train=False, max_seconds=recipe.data.max_seconds)
+        bs = recipe.train.eval_batch_size or recipe.train.batch_size
+        if _ctc(recipe) or len({round(c.seconds * SAMPLE_RATE) for c in clips}) > 1:
+            # zero padding without a mask moves a group-norm Wav2Vec2's outputs: clips of different lengths
+            # are scored one at a time, exactly as the deployed runtime runs them
+            bs = 1
+        loader = DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=sdata.collate,
+                            num_workers=recipe.data.num_workers)
+        ctc = _ctc(recipe)
+        ev = TranscriptionEvaluator() if ctc else ClassificationEvaluator(data.labels)
+        model.eval()
+        done = 0
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True, disable=None):
+                out = model(**_inputs(model, batch, device), labels=batch["labels"].to(device))
+                logits = out.logits.float().cpu()
+                n = len(logits)
+                if ctc:
+                    frames = [sdata.wav2vec2_frames(int(k)) for k in batch["attention_mask"].sum(1)]
+                    refs = [c.text or "" for c in clips[done:done + n]]
+                    ev.update(data.vocab.greedy_decode(logits, lengths=frames), refs, loss=float(out.loss))
+                else:
+                    ev.update(logits, batch["labels"], loss=float(out.loss), n=n)
+                done += n
+        return ev.compute()
+
+    def plots(self, result: EvalResult, data, plot_dir: Path) -> list[Path]:
+        if result.confusion is None:
+            return []
+        return [report.plot_confusion(result.confusion, data.labels, plot_dir / "confusion_val.png")]
+
+    def report_sections(self, result: EvalResult) -> list[tuple[str, str]]:
+        samples = result.extra.get("samples")
+        if not samples:
+            return []
+        rows = ["| reference | greedy CTC transcript |", "|---|---|"]
+        rows += [f"| {ref} | {hyp} |" for ref, hyp in samples]
+        return [("Validation transcripts", "\n".join(rows))]
+
+    # ----- export ----------------------------------------------------------------------------
+    def export_module(self, recipe: Recipe, model: nn.Module) -> nn.Module:
+        return wav2vec2.ExportWrapper(model)
+
+    def bundle_meta(self, recipe: Recipe, data) -> dict:
+        post = ({"type": "ctc_greedy", "blank": data.vocab.blank, "word_delimiter": data.vocab.delimiter,
+                 "unk": data.vocab.unk} if _ctc(recipe) else {"type": "softmax"})
+        return {"task": recipe.task, "labels": list(data.labels),
+                "preprocess": {"type": "audio", "sample_rate": SAMPLE_RATE, "normalize": True,
+                               "max_seconds": recipe.data.max_seconds},
+                "postprocess": post}
+
+    def export_spec(self, recipe: Recipe, data, model: nn.Module) -> ExportSpec:
+        meta = self.bundle_meta(recipe, data)
+        ctc = _ctc(recipe)
+        out_shape = ["batch", "frames", len(data.labels)] if ctc else ["batch", len(data.labels)]
+        return ExportSpec(
+            meta=meta, example=torch.randn(2, SAMPLE_RATE, generator=torch.Generator().manual_seed(0)),
+            evaluate=lambda m: runtime_metrics(m, data.val, data, meta),
+            metric="val/wer" if ctc else "val/accuracy", module=self.export_module(recipe, model),
+            export=export_onnx, quantizable=("int8-dynamic",), tensor_check=tensor_parity,
+            extra={"input": {"name": SPEECH_INPUT, "shape": ["batch", "time"], "dtype": "float32",
+                             "layout": "waveform", "sample_rate": SAMPLE_RATE},
+                   "outputs": [{"name": "logits", "shape": out_shape}]})
+
+    def evaluate_bundle(self, recipe: Recipe, bundle, data, split: str) -> dict[str, float] | None:
+        from suite.core.export import OnnxModel
+
+        clips = getattr(data, split)
+        if not clips:
+            return None
+        got = runtime_metrics(OnnxModel(bundle), clips, data, self.bundle_meta(recipe, data))
+        return {k.replace("val/", f"{split}/"): v for k, v in got.items()}
+
+
+def _inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
+    """input_values, plus the attention mask only for layer-norm feature encoders: Wav2Vec2 models with
+    group norm (base) were trained on zero-padded batches without one (transformers' own advice)."""
+    out = {"input_values": batch["input_values"].to(device)}
+    if getattr(model.config, "feat_extract_norm", "group") == "layer":
+        out["attention_mask"] = batch["attention_mask"].to(device)
+    return out
+
+
+def _make_speech(s, root: Path, ctc: bool) -> None:
+    from suite.datasets.speech import make_speech
+
+    make_speech(root, s.classes, s.train_per_class, s.val_per_class, s.test_per_class,
+                sentences=s.sentences if ctc else 0, seed=s.seed, progress=True)
+
+
+def runtime_metrics(m, clips, data, meta: dict) -> dict[str, float]:
+    """Accuracy, or WER/CER, of ``m`` (a torch module or an OnnxModel) through suite_runtime's own audio
+    reading, resampling, normalisation and decoding: the exact path a deployed app takes."""
+    bundle = as_bundle(m, meta, ["batch", "time"], ["logits"], SPEECH_INPUT)
+    preds = []
+    for start in range(0, len(clips), 16):
+        preds += bundle.predict([str(c.path) for c in clips[start:start + 16]])
+    if meta["postprocess"]["type"] == "ctc_greedy":
+        ev = TranscriptionEvaluator()
+        ev.update([p.text or "" for p in preds], [c.text or "" for c in clips])
+        r = ev.compute().metrics
+        return {"val/wer": r["wer"], "val/cer": r["cer"]}
+    labels = list(data.labels)
+    hits = [labels.index(p.label) == c.label for p, c in zip(preds, clips)]
+    return {"val/accuracy": float(np.mean(hits))}
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+    """input_values [batch, time] with both axes dynamic: the dynamo exporter, TorchScript if it fails."""
+    import onnx
+
+    module = module.eval().cpu()
+    try:
+        batch, time = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("time", min=800, max=16000 * 60)
+        torch.onnx.export(module, (example,), str(path), input_names=[SPEECH_INPUT], output_names=["logits"],
+                          opset_version=opset, dynamo=True, dynamic_shapes=({0: batch, 1: time},), verbose=False,
+                          external_data=False)
+        exporter = "torch.onnx dynamo"
+    except Exception as first:  # unsupported op or graph break: the older exporter often still works
+        warnings.warn(f"dynamo ONNX export failed ({type(first).__name__}: {str(first)[:200]}); trying TorchScript")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), input_names=[SPEECH_INPUT], output_names=["logits"],
+                              opset_version=opset, dynamo=False,
+                              dynamic_axes={SPEECH_INPUT: {0: "batch", 1: "time"}, "logits": {0: "batch"}})
+        exporter = "torch.onnx torchscript"
+    onnx.checker.check_model(str(path))
+    return exporter
+
+
+PARITY_SHAPES = ((1, 8000), (3, 8000), (2, 20800))  # other batch sizes and lengths than the export example
+
+
+def tensor_parity(module: nn.Module, bundle, example: torch.Tensor, atol: float) -> dict:
+    """Logits torch vs onnxruntime on batches and clip lengths other than the export example's."""
+    gen = torch.Generator().manual_seed(0)
+    rows, ok = [], True
+    for shape in PARITY_SHAPES:
+        x = torch.randn(*shape, generator=gen)
+        with torch.inference_mode():
+            ref = module(x).float().numpy()
+        got = np.asarray(bundle.session.run(None, {bundle.input_name: x.numpy()})[0])
+        finite = bool(np.isfinite(got).all())
+        diff = float(np.abs(ref - got).max()) if finite and got.shape == ref.shape else float("inf")
+        passed = finite and diff <= atol
+        ok &= passed
+        rows.append({"shape": list(shape), "max_abs_diff": diff if finite else None, "nan": not finite,
+                     "passed": passed})
+    return {"atol": atol, "shapes": rows, "passed": ok}
+

@@ -1,0 +1,125 @@
+"""Wav2Vec2 through transformers: keyword spotting (sequence classification) and CTC, with our groups."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from suite.core.groups import ParamGroup
+from suite.errors import UserError
+
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+# model.arch -> Wav2Vec2Config overrides for `weights: none` (base = transformers' defaults = facebook/wav2vec2-base)
+SIZES = {
+    "wav2vec2-base": {},
+    "wav2vec2-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                           do_stable_layer_norm=True, feat_extract_norm="layer"),
+    # small and tiny: the standard 7-layer conv stack (same 20 ms frames) with narrow layers, for offline
+    # quickstarts and tests on a CPU
+    "wav2vec2-small": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768,
+                           conv_dim=(128,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8,
+                           classifier_proj_size=128),
+    "wav2vec2-tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                          classifier_proj_size=32),
+}
+HF_HINT = ("offline, fetch it once where there is internet (`huggingface-cli download {id}`, then copy "
+           "~/.cache/huggingface/hub), or point model.weights at a local folder saved with save_pretrained()")
+
+
+def is_wav2vec2(arch: str) -> bool:
+    return arch in SIZES
+
+
+def _classes(ctc: bool):
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification
+
+    return Wav2Vec2ForCTC if ctc else Wav2Vec2ForSequenceClassification
+
+
+def _head_kwargs(ctc: bool, n: int, pad_id: int) -> dict:
+    if ctc:  # mean loss, and a loss of 0 instead of inf for a clip too short for its transcript (transformers #10884)
+        return dict(vocab_size=n, pad_token_id=pad_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
+    return dict(num_labels=n)
+
+
+def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int = 0, mask_time_prob: float = 0.05,
+                layerdrop: float = 0.0) -> nn.Module:
+    """Wav2Vec2ForSequenceClassification / ForCTC with ``n_outputs`` classes or vocabulary tokens.
+
+    ``weights``: ``none`` (random init, ``arch`` sets the size), a Hugging Face id (from the local HF cache),
+    a folder saved with save_pretrained(), or a .safetensors state_dict (e.g. a suite run; the head is
+    loaded only when its shape fits).
+    """
+    from transformers import Wav2Vec2Config
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized weights" for the head is the point of fine-tuning
+    if arch not in SIZES:
+        raise UserError(f"model.arch '{arch}' is not a speech model; use one of {', '.join(SIZES)}")
+    cls = _classes(ctc)
+    extra = dict(mask_time_prob=mask_time_prob, layerdrop=layerdrop, **_head_kwargs(ctc, n_outputs, pad_id))
+    if weights == "none" or weights.endswith(".safetensors"):
+        model = cls(Wav2Vec2Config(**SIZES[arch], **extra))
+        if weights.endswith(".safetensors"):
+            _load_state(model, Path(weights))
+        return model
+    source = Path(weights).expanduser()
+    try:
+        return cls.from_pretrained(str(source) if source.is_dir() else weights, local_files_only=True,
+                                   ignore_mismatched_sizes=True, **extra)
+    except OSError:
+        raise UserError(f"model.weights '{weights}' is not in the local Hugging Face cache nor a folder; "
+                        + HF_HINT.format(id=weights)) from None
+
+
+def _load_state(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"model.weights {path} does not exist; point it at a run's checkpoints/best.safetensors")
+    state = load_file(str(path))
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    body = [k for k in own if k.startswith("wav2vec2.")]
+    missing = [k for k in body if k not in fits]
+    if missing:
+        raise UserError(f"model.weights {path} does not fit this model.arch ({len(missing)} encoder tensors "
+                        f"missing or of another shape, e.g. {missing[0]}); was it trained with another size?")
+    model.load_state_dict(fits, strict=False)  # the head only when it fits (same task and classes)
+
+
+def groups(model: nn.Module) -> list[ParamGroup]:
+    """feature_encoder (the conv stack), feature_projection (projection, positional conv, the masking
+    embedding, the encoder's input norm), encoder.0 .. encoder.N-1, head (projector+classifier or lm_head)."""
+    w = model.wav2vec2
+    enc = w.encoder
+    blocks: list[tuple[str, list[nn.Module], list[nn.Parameter]]] = [
+        ("feature_encoder", [w.feature_extractor], []),
+        ("feature_projection", [w.feature_projection, enc.pos_conv_embed, enc.layer_norm],
+         [w.masked_spec_embed] if getattr(w, "masked_spec_embed", None) is not None else []),
+    ]
+    blocks += [(f"encoder.{i}", [layer], []) for i, layer in enumerate(enc.layers)]
+    head = [m for name, m in model.named_children() if name != "wav2vec2"]
+    extra = [model.layer_weights] if getattr(model, "layer_weights", None) is not None else []
+    blocks.append(("head", head, extra))
+    out = []
+    for name, modules, params in blocks:
+        ps = [p for m in modules for p in m.parameters()] + params
+        if ps:
+            out.append(ParamGroup(name, ps, modules))
+    return out
+
+
+class ExportWrapper(nn.Module):
+    """input_values [batch, time] -> logits ([batch, classes] or [batch, frames, vocab]), nothing else."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        return self.model(input_values).logits

@@ -1,0 +1,137 @@
+"""Speech end to end on tiny Wav2Vec2 models: groups, the schedule, keyword and CTC runs, export, odd audio."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from suite.cli import main
+from suite.core import checkpoint
+from suite.errors import UserError
+from suite.runner import run
+from suite.speech import wav2vec2
+
+KEYWORDS = """\
+name: kw-tiny
+task: speech-classification
+model: {{arch: wav2vec2-tiny, weights: {weights}}}
+data:
+  format: {fmt}
+  root: {root}
+  synthetic: {{classes: ["yes", "no", "up"], train_per_class: 3, val_per_class: 2, seed: 0}}
+  augment: standard
+schedule:
+  - {{epochs: 1, train: head, lr: 1.0e-3}}
+  - {{epochs: 1, train: [encoder, head], lr: 1.0e-3, layer_decay: 0.8}}
+optim: {{name: adamw, weight_decay: 0.01}}
+train: {{batch_size: 4, seed: 0}}
+{extra}"""
+
+
+@pytest.fixture(scope="module")
+def speech_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("speech") / "data"
+
+
+def _recipe(path, root, weights="none", fmt="synthetic:speech", extra=""):
+    path.write_text(KEYWORDS.format(weights=weights, root=root, fmt=fmt, extra=extra))
+    return path
+
+
+@pytest.mark.parametrize("ctc", [False, True])
+def test_groups_cover_the_model_in_order(ctc):
+    model = wav2vec2.build_model("wav2vec2-tiny", 5, "none", ctc)
+    groups = wav2vec2.groups(model)
+    assert [g.name for g in groups] == ["feature_encoder", "feature_projection", "encoder.0", "encoder.1", "head"]
+    ids = [id(p) for g in groups for p in g.params]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_missing_hub_weights_offline_is_a_clear_error():
+    with pytest.raises(UserError, match=r"facebook/wav2vec2-base.*huggingface-cli download facebook/wav2vec2-base"):
+        wav2vec2.build_model("wav2vec2-base", 3, "facebook/wav2vec2-base", ctc=False)
+
+
+def test_keyword_run_fine_tunes_exports_and_keeps_the_feature_encoder_frozen(tmp_path, speech_root, capsys):
+    first = run(_recipe(tmp_path / "a.yaml", speech_root), out=tmp_path / "pre")
+    assert 0.0 <= first.metrics["val"]["val/accuracy"] <= 1.0
+    weights = tmp_path / "pre" / "checkpoints" / "best.safetensors"
+    extra = "export: {onnx: true, quantize: [int8-dynamic]}\nbench: {batch_sizes: []}\n"
+    out = tmp_path / "ft"
+    run(_recipe(tmp_path / "b.yaml", speech_root, weights=weights, extra=extra), out=out)
+    before = load_file(str(weights))
+    after = checkpoint.load_state(out / "checkpoints" / "last.pt")["model"]  # after every stage
+    frozen = [k for k in before if k.startswith("wav2vec2.feature_extractor.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # never in a stage's train list
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("wav2vec2.encoder.layers."))
+
+    meta = json.loads((out / "export" / "model.json").read_text())
+    assert meta["preprocess"] == {"type": "audio", "sample_rate": 16000, "normalize": True, "max_seconds": None}
+    assert meta["postprocess"]["type"] == "softmax" and meta["labels"] == ["no", "up", "yes"]
+    assert meta["input"]["shape"] == ["batch", "time"]
+    verify = json.loads((out / "export" / "verify.json").read_text())
+    assert verify["passed"] and set(verify["variants"]) == {"fp32", "int8-dynamic"}
+    shapes = [r["shape"] for r in verify["variants"]["fp32"]["tensor"]["shapes"]]
+    assert len({s[1] for s in shapes}) > 1 and len({s[0] for s in shapes}) > 1  # other lengths and batches
+    fp32 = verify["variants"]["fp32"]["task"]
+    assert fp32["torch"] == fp32["onnxruntime"]
+
+    capsys.readouterr()
+    clip = sorted((speech_root / "val" / "yes").iterdir())[0]
+    main(["predict", str(out / "export"), str(clip)])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(str(clip)) and line.split("\t")[1].split()[0] in meta["labels"]
+
+
+def test_ctc_run_decodes_and_exports(tmp_path, capsys):
+    root = tmp_path / "data"
+    recipe = tmp_path / "c.yaml"
+    recipe.write_text(f"""\
+name: ctc-tiny
+task: speech-ctc
+model: {{arch: wav2vec2-tiny, weights: none}}
+data:
+  format: synthetic:speech
+  root: {root}
+  synthetic: {{classes: ["yes"], train_per_class: 1, val_per_class: 1, sentences: 6, seed: 0}}
+  augment: light
+schedule:
+  - {{epochs: 1, train: head, lr: 1.0e-3}}
+  - {{epochs: 1, train: [feature_projection, encoder, head], lr: 5.0e-4}}
+train: {{batch_size: 4, seed: 0}}
+export: {{onnx: true}}
+bench: {{batch_sizes: []}}
+""")
+    result = run(recipe, out=tmp_path / "run")
+    assert set(result.metrics["val"]) >= {"val/wer", "val/cer"}
+    meta = json.loads((tmp_path / "run" / "export" / "model.json").read_text())
+    assert meta["postprocess"] == {"type": "ctc_greedy", "blank": "<pad>", "word_delimiter": "|", "unk": "<unk>"}
+    assert meta["labels"][0] == "<pad>" and "|" in meta["labels"]
+    verify = json.loads((tmp_path / "run" / "export" / "verify.json").read_text())
+    assert verify["passed"] and verify["metric"] == "val/wer"
+    assert "## Validation transcripts" in (tmp_path / "run" / "report.md").read_text()
+    capsys.readouterr()
+    clip = sorted((root / "sentences" / "val").glob("*.wav"))[0]
+    main(["predict", str(tmp_path / "run" / "export"), str(clip)])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"{clip}\t")
+
+
+def test_8khz_stereo_recordings_run_without_changes(tmp_path, speech_root):
+    """Real recordings differ from the synthetic set: 8 kHz, stereo, int16, uneven lengths; a manifest."""
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for digit in ("zero", "one"):
+        for i in range(4):
+            n = int(8000 * rng.uniform(0.5, 1.4))
+            t = np.arange(n) / 8000
+            tone = 0.3 * np.sin(2 * np.pi * (300 if digit == "zero" else 900) * t) + 0.02 * rng.standard_normal(n)
+            stereo = (np.stack([tone, 0.8 * tone], 1) * 32767).astype(np.int16)
+            sf.write(tmp_path / f"{digit}_{i}.wav", stereo, 8000, subtype="PCM_16")
+            rows.append(f"{digit}_{i}.wav,{digit}")
+    (tmp_path / "digits.csv").write_text("\n".join(rows) + "\n")
+    recipe = _recipe(tmp_path / "d.yaml", tmp_path / "digits.csv", fmt="manifest")
+    result = run(recipe, ["data.val_split=0.25", "schedule.1.epochs=1"], tmp_path / "run")
+    assert 0.0 <= result.metrics["val"]["val/accuracy"] <= 1.0
+    assert "kept" in (tmp_path / "run" / "report.md").read_text()
