@@ -52,6 +52,8 @@ def bench_run_dir(target: str | Path, batch_sizes: Sequence[int] = (1, 8), threa
         raise UserError(f"{folder} takes one image of any size per call (no batch axis); benchmark it with "
                         "`python benchmarks/bench_detection.py` (see benchmarks/README.md)")
     shape = tuple(meta["input"]["shape"][1:])
+    if (meta.get("preprocess") or {}).get("type") == "audio":  # [batch, time]: time it on 1 s clips
+        shape = (int(meta["preprocess"]["sample_rate"]),)
     rows = run_bench(torch_model, variants, shape, list(batch_sizes), threads=threads, compile=compile,
                      warmup=warmup, iters=iters)
     _, png = write_bench(rows, out_dir)

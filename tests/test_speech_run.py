@@ -58,7 +58,7 @@ def test_keyword_run_fine_tunes_exports_and_keeps_the_feature_encoder_frozen(tmp
     first = run(_recipe(tmp_path / "a.yaml", speech_root), out=tmp_path / "pre")
     assert 0.0 <= first.metrics["val"]["val/accuracy"] <= 1.0
     weights = tmp_path / "pre" / "checkpoints" / "best.safetensors"
-    extra = "export: {onnx: true, quantize: [int8-dynamic]}\nbench: {batch_sizes: []}\n"
+    extra = "export: {onnx: true, quantize: [int8-dynamic]}\nbench: {batch_sizes: [1], warmup: 1, iters: 3}\n"
     out = tmp_path / "ft"
     run(_recipe(tmp_path / "b.yaml", speech_root, weights=weights, extra=extra), out=out)
     before = load_file(str(weights))

@@ -123,3 +123,9 @@ class ExportWrapper(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         return self.model(input_values).logits
+
+
+def random_export_model(arch: str, n_outputs: int, ctc: bool, seed: int = 0) -> nn.Module:
+    """A seeded random-init ExportWrapper at ``arch``'s size: a picklable factory for benchmark workers."""
+    torch.manual_seed(seed)
+    return ExportWrapper(build_model(arch, n_outputs, "none", ctc, mask_time_prob=0.0))
