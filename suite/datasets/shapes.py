@@ -237,23 +237,35 @@ def _read_json(path: Path):
         return None  # unreadable: treated as "different parameters", never overwritten
 
 
-def _claim(out: Path, params: dict) -> bool:
-    """True if `out` already holds exactly this dataset. Otherwise mark `out` as ours and return False,
-    or raise UserError: a folder holding anything else is the user's and is never written into."""
+def _differing(old, params: dict) -> str:
+    """' (seed, size)': the parameter names that differ, for the refusal message."""
+    if not isinstance(old, dict):
+        return ""
+    keys = [k for k in params if old.get(k) != params[k]] + [k for k in old if k not in params]
+    return f" ({', '.join(keys)})" if keys else ""
+
+
+def _claim(out: Path, params: dict, kind: str = "shapes", partial_name: str = _PARTIAL) -> bool:
+    """True if `out` already holds exactly this dataset (``out/<kind>.json``). Otherwise mark `out` as ours and
+    return False, or raise UserError: a folder holding anything else is the user's and is never written into."""
     advice = "choose another --out or delete that folder"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder: choose another --out")
-    done, partial = out / "shapes.json", out / _PARTIAL
+    done, partial = out / f"{kind}.json", out / partial_name
     if done.exists():
-        if _read_json(done) == params:
+        old = _read_json(done)
+        if old == params:
             return True
-        raise UserError(f"{out} holds a shapes dataset made with different parameters: {advice}")
+        raise UserError(f"{out} holds a {kind} dataset made with different parameters"
+                        f"{_differing(old, params)}: {advice}")
     if partial.exists():  # an earlier run with these parameters was interrupted: finish it
-        if _read_json(partial) == params:
+        old = _read_json(partial)
+        if old == params:
             return False
-        raise UserError(f"{out} holds an unfinished shapes dataset with different parameters: {advice}")
+        raise UserError(f"{out} holds an unfinished {kind} dataset with different parameters"
+                        f"{_differing(old, params)}: {advice}")
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not a shapes dataset: {advice}")
+        raise UserError(f"{out} exists and is not a {kind} dataset: {advice}")
     atomic_write_text(partial, json.dumps(params) + "\n")
     return False
 

@@ -29,7 +29,7 @@ import soxr
 from tqdm import tqdm
 
 from suite.core.checkpoint import atomic_write, atomic_write_text
-from suite.datasets.shapes import _check_count, _read_json  # one rule for counts and params files
+from suite.datasets.shapes import _check_count, _claim  # one rule for counts and for claiming a folder
 from suite.errors import UserError
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -406,38 +406,6 @@ def _check_words(words: Sequence[str]) -> list[str]:
     return words
 
 
-def _differing(old, params: dict) -> str:
-    if not isinstance(old, dict):
-        return ""
-    keys = [k for k in params if old.get(k) != params[k]] + [k for k in old if k not in params]
-    return f" ({', '.join(keys)})" if keys else ""
-
-
-def _claim(out: Path, params: dict) -> bool:
-    """True if `out` already holds exactly this dataset. Otherwise mark `out` as ours and return False,
-    or raise UserError: a folder holding anything else is the user's and is never written into."""
-    advice = "choose another --out or delete that folder"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file, not a folder: choose another --out")
-    done, partial = out / "speech.json", out / _PARTIAL
-    if done.exists():
-        old = _read_json(done)
-        if old == params:
-            return True
-        raise UserError(f"{out} holds a speech dataset made with different parameters"
-                        f"{_differing(old, params)}: {advice}")
-    if partial.exists():  # an earlier run with these parameters was interrupted: finish it
-        old = _read_json(partial)
-        if old == params:
-            return False
-        raise UserError(f"{out} holds an unfinished speech dataset with different parameters"
-                        f"{_differing(old, params)}: {advice}")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not a speech dataset: {advice}")
-    atomic_write_text(partial, json.dumps(params) + "\n")
-    return False
-
-
 def make_speech(out, words: Sequence[str] = KEYWORDS + DIGITS, train_per_word: int = 40,
                 val_per_word: int = 10, test_per_word: int = 0, sentences: int = 0,
                 sample_rate: int = 16000, seed: int = 0, noise: bool = True, progress: bool = False) -> Path:
@@ -462,7 +430,7 @@ def make_speech(out, words: Sequence[str] = KEYWORDS + DIGITS, train_per_word: i
               "seed": _check_count("seed", seed, 0), "noise": noise}
     languages, variants = voice_inventory()
     params |= {"espeak_ng": espeak_version(), "languages": list(languages), "variants": list(variants)}
-    if _claim(out, params):
+    if _claim(out, params, "speech", _PARTIAL):
         return out
     keyword_jobs = _keyword_jobs(out, params, voices())
     sentence_jobs = _sentence_jobs(out, params, voices())

@@ -188,7 +188,8 @@ def evaluate(model: nn.Module, samples, labels: Sequence[str], device: torch.dev
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
-            images = [DetectionDataset(chunk, eval_transforms())[i][0].to(device) for i in range(len(chunk))]
+            ds = DetectionDataset(chunk, eval_transforms())
+            images = [ds[i][0].to(device) for i in range(len(chunk))]
             outs = model(images)
             preds = [{"boxes": o["boxes"].cpu(), "scores": o["scores"].cpu(), "labels": o["labels"].cpu() - 1}
                      for o in outs]

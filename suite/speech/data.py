@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from suite.core.scan import ScanReport
 from suite.errors import UserError
 from suite.speech.text import Vocab, ctc_min_frames, normalize
-from suite.vision.data import VAL_DIRS, _label_order, split_indices  # one split rule for every modality
+from suite.vision.data import VAL_DIRS, _label_order, class_files, split_indices  # one split rule for every modality
 
 TASKS = ("speech-classification", "speech-ctc")
 FORMATS = ("audiofolder", "manifest")
@@ -289,35 +289,10 @@ def _check_classes(labels: list[str], source: Path) -> None:
 # ----------------------------------------------------------------------------- audiofolder
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
 def _class_files(folder: Path, report: SpeechScanReport) -> dict[str, list[Path]]:
-    """Audio files under each visible subfolder of ``folder`` (recursively, sorted); empty classes dropped."""
-    classes: dict[str, list[Path]] = {}
-    others: Counter[str] = Counter()
-    loose = [p for p in folder.iterdir() if p.is_file() and _visible(p.name) and p.suffix.lower() in AUDIO_EXTS]
-    if loose:
-        report.notes.append(f"{len(loose)} audio file(s) directly in {folder} are in no class folder (ignored)")
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name)):
-        files: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(sub):  # no followlinks: symlink loops cannot hang us
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            for name in filter(_visible, filenames):
-                ext = os.path.splitext(name)[1].lower()
-                if ext in AUDIO_EXTS:
-                    files.append(Path(dirpath, name))
-                else:
-                    others[ext or name] += 1
-        if files:
-            classes[sub.name] = sorted(files)
-        else:
-            report.notes.append(f"empty class folder {sub} (ignored)")
-    if others:
-        kinds = ", ".join(f"{ext}: {n}" for ext, n in others.most_common(5))
-        report.notes.append(f"ignored {sum(others.values())} non-audio file(s) in {folder} ({kinds})")
-    return classes
+    """Audio files under each class folder; what is ignored goes to the report's notes."""
+    return {name: [Path(f) for f in files]
+            for name, files in class_files(folder, AUDIO_EXTS, report.notes, "audio").items()}
 
 
 def _folder_jobs(classes: dict[str, list[Path]], labels: list[str]) -> list[_Candidate]:

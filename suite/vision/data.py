@@ -238,13 +238,15 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _class_files(folder: Path, report: ScanReport) -> dict[str, list[str]]:
-    """Image files under each visible subfolder of ``folder`` (recursively, sorted); empty classes dropped."""
+def class_files(folder: Path, exts, notes: list[str], kind: str = "image") -> dict[str, list[str]]:
+    """``kind`` files (extension in ``exts``) under each visible subfolder of ``folder``, recursively and
+    sorted; empty classes dropped. What is ignored (loose files, other files, empty folders) goes to ``notes``.
+    Shared by the image and audio folder layouts."""
     classes: dict[str, list[str]] = {}
     others: Counter[str] = Counter()
-    loose = [p for p in folder.iterdir() if p.is_file() and _visible(p.name) and p.suffix.lower() in IMAGE_EXTS]
+    loose = [p for p in folder.iterdir() if p.is_file() and _visible(p.name) and p.suffix.lower() in exts]
     if loose:
-        report.warnings.append(f"{len(loose)} image(s) directly in {folder} are not in a class folder (ignored)")
+        notes.append(f"{len(loose)} {kind} file(s) directly in {folder} are not in a class folder (ignored)")
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name)):
         files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(sub):  # no followlinks: symlink loops cannot hang us
@@ -253,18 +255,22 @@ def _class_files(folder: Path, report: ScanReport) -> dict[str, list[str]]:
                 ext = os.path.splitext(name)[1].lower()
                 if not _visible(name):
                     continue
-                if ext in IMAGE_EXTS:
+                if ext in exts:
                     files.append(os.path.join(dirpath, name))
                 else:
                     others[ext or name] += 1
         if files:
             classes[sub.name] = sorted(files)
         else:
-            report.warnings.append(f"empty class folder {sub} (ignored)")
+            notes.append(f"empty class folder {sub} (ignored)")
     if others:
         kinds = ", ".join(f"{ext}: {n}" for ext, n in others.most_common(5))
-        report.warnings.append(f"ignored {sum(others.values())} non-image file(s) in {folder} ({kinds})")
+        notes.append(f"ignored {sum(others.values())} non-{kind} file(s) in {folder} ({kinds})")
     return classes
+
+
+def _class_files(folder: Path, report: ScanReport) -> dict[str, list[str]]:
+    return class_files(folder, IMAGE_EXTS, report.warnings, "image")
 
 
 def _indexed(classes: dict[str, list[str]], labels: list[str]) -> list[tuple[str, int]]:
