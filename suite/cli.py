@@ -193,9 +193,11 @@ def make_shapes_detection(out, classes, train_images, val_images, test_images, s
 @click.option("--val-per-word", default=10, show_default=True)
 @click.option("--test-per-word", default=0, show_default=True)
 @click.option("--sentences", default=0, show_default=True, help="Also this many training sentences for CTC.")
+@click.option("--sentence-style", type=click.Choice(["mixed", "digits"]), default="mixed", show_default=True,
+              help="mixed: commands, statements, answers, digit strings; digits: connected digits only.")
 @click.option("--sample-rate", default=16000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def make_speech(out, words, train_per_word, val_per_word, test_per_word, sentences, sample_rate, seed):
+def make_speech(out, words, train_per_word, val_per_word, test_per_word, sentences, sentence_style, sample_rate, seed):
     """Spoken words (espeak-ng: many voices, speeds, pitches, background noise) as an audiofolder of 1 s clips,
     plus sentences/{train,val}.csv manifests for CTC."""
     from suite.datasets.speech import DIGITS, KEYWORDS
@@ -203,7 +205,7 @@ def make_speech(out, words, train_per_word, val_per_word, test_per_word, sentenc
 
     names = [w.strip() for w in words.split(",") if w.strip()] if words else [*KEYWORDS, *DIGITS]
     path = generate(out, names, train_per_word, val_per_word, test_per_word, sentences=sentences,
-                    sample_rate=sample_rate, seed=seed, progress=True)
+                    sample_rate=sample_rate, seed=seed, progress=True, sentence_style=sentence_style)
     click.echo(f"speech dataset ({len(names)} words{f', {sentences} sentences' if sentences else ''}) in {path}")
 
 

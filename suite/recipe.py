@@ -26,6 +26,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 BASELINES = ("scratch",)
 QUANTIZE = ("int8-dynamic", "int8-static")
 RUNTIMES = ("torch", "torch.compile", "onnxruntime")
+SENTENCE_STYLES = ("mixed", "digits")  # suite.datasets.speech.SENTENCE_STYLES (not imported: no numpy here)
 
 
 def _one_of(name: str, value: str, valid: Sequence[str]) -> None:
@@ -64,6 +65,7 @@ class SyntheticCfg:
     seed: int = 0
     max_objects: int = 4  # detection: shapes per image (1..max_objects); counts above are images per class
     sentences: int = 0  # speech-ctc: spoken sentences for training (validation gets max(10, sentences // 5))
+    sentence_style: str = "mixed"  # speech-ctc: mixed (commands, statements, digits) or digits (connected digits)
 
     def __post_init__(self):
         if self.max_objects < 1:
@@ -72,6 +74,7 @@ class SyntheticCfg:
             raise FieldError("train_per_class", "train/val counts must be >= 1 and test >= 0")
         if self.size < 16:
             raise FieldError("size", f"must be >= 16, got {self.size}")
+        _one_of("sentence_style", self.sentence_style, SENTENCE_STYLES)
 
 
 @dataclass(frozen=True)

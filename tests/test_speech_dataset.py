@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 import suite.datasets.speech as speech
+import suite.recipe as recipe
 from suite.datasets.speech import DIGITS, KEYWORDS, VOCABULARY, make_speech
 from suite.errors import UserError
 
@@ -130,6 +131,21 @@ def test_sentences_use_only_the_vocabulary_and_vary():
     assert set(KEYWORDS) <= used and set(DIGITS) <= used
 
 
+def test_digit_sentences_are_connected_digits_only(tmp_path):
+    rng = np.random.default_rng(2)
+    texts = [speech.sentence(rng, "digits") for _ in range(200)]
+    assert all(3 <= len(t.split()) <= 6 and set(t.split()) <= set(DIGITS) for t in texts)
+    assert {w for t in texts for w in t.split()} == set(DIGITS) and len(set(texts)) > 150
+    out = make_speech(tmp_path / "d", ["yes"], 1, 1, sentences=3, sentence_style="digits")
+    with open(out / "sentences" / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 13 and all(set(r["text"].split()) <= set(DIGITS) for r in rows)
+    assert json.loads((out / "speech.json").read_text())["sentence_style"] == "digits"
+    with pytest.raises(UserError, match="different parameters"):  # a mixed set is another dataset
+        make_speech(out, ["yes"], 1, 1, sentences=3)
+    assert speech.SENTENCE_STYLES == recipe.SENTENCE_STYLES
+
+
 def test_same_seed_gives_byte_identical_files(tmp_path):
     a = files(make_speech(tmp_path / "a", **TINY, seed=3))
     b = files(make_speech(tmp_path / "b", **TINY, seed=3))
@@ -229,7 +245,7 @@ def test_missing_espeak_is_a_user_error_saying_how_to_install(tmp_path, monkeypa
 @pytest.mark.parametrize("bad", [dict(train_per_word=0), dict(val_per_word=-1), dict(sentences=1.5),
                                  dict(sample_rate=4000), dict(seed=-1), dict(words=[]),
                                  dict(words=["yes", "yes"]), dict(words=["Yes"]), dict(words=["-v"]),
-                                 dict(noise="no")])
+                                 dict(noise="no"), dict(sentences=2, sentence_style="words")])
 def test_bad_parameters_are_user_errors(tmp_path, bad):
     args = dict(words=["yes"], train_per_word=1, val_per_word=1) | bad
     with pytest.raises(UserError):

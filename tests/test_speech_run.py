@@ -135,3 +135,28 @@ def test_8khz_stereo_recordings_run_without_changes(tmp_path, speech_root):
     result = run(recipe, ["data.val_split=0.25", "schedule.1.epochs=1"], tmp_path / "run")
     assert 0.0 <= result.metrics["val"]["val/accuracy"] <= 1.0
     assert "kept" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_training_batches_group_clips_of_similar_length(tmp_path):
+    """Zero padding costs time and, without a mask, moves group-norm features: batches hold similar lengths."""
+    from suite.recipe import load_recipe
+    from suite.tasks import modality_for
+
+    rng = np.random.default_rng(0)
+    lengths = [int(8000 * s) for s in rng.uniform(0.3, 3.0, 64)]
+    rows = ["path,label"]
+    for i, n in enumerate(lengths):
+        sf.write(tmp_path / f"{i}.wav", 0.1 * rng.standard_normal(n), 8000, subtype="PCM_16")
+        rows.append(f"{i}.wav,{'ab'[i % 2]}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    recipe = load_recipe(_recipe(tmp_path / "r.yaml", tmp_path / "m.csv", fmt="manifest"),
+                         ["data.augment=none", "data.val_split=0.001", "train.batch_size=4"])
+    mod = modality_for(recipe.task)
+    data = mod.load_data(recipe)
+    loader = mod.hooks(recipe, data, torch.device("cpu")).train_loader(0)
+    padded = sum(int((1 - b["attention_mask"]).sum()) for b in loader)
+    seconds = sorted(round(c.seconds * 16000) for c in data.train)
+    assert sum(len(b["labels"]) for b in loader) == len(data.train)
+    order = np.random.default_rng(1).permutation(seconds)  # the same clips in random batches of 4
+    random_pad = sum(int(max(chunk) * len(chunk) - sum(chunk)) for chunk in np.array_split(order, len(order) // 4))
+    assert padded < 0.6 * random_pad, (padded, random_pad)

@@ -298,10 +298,16 @@ def _answer(rng):
 
 
 _TEMPLATES = (_digits, _command, _statement, _switch, _answer)
+# mixed: commands, statements, answers and digit strings; digits: connected digits only (3-6, like TIDIGITS),
+# the smaller task a from-scratch CTC model learns within minutes on a CPU
+SENTENCE_STYLES = ("mixed", "digits")
 
 
-def sentence(rng: np.random.Generator) -> str:
-    """A short sentence (3-8 words) made only of VOCABULARY, e.g. 'the cat can go up', 'seven nine two'."""
+def sentence(rng: np.random.Generator, style: str = "mixed") -> str:
+    """A short sentence (3-8 words) made only of VOCABULARY, e.g. 'the cat can go up', 'seven nine two';
+    ``style="digits"``: 3-6 digits, e.g. 'four four two zero six'."""
+    if style == "digits":
+        return " ".join(_digits(rng))
     while True:
         words = _pick(rng, _TEMPLATES)(rng)
         if rng.random() < 0.2 and len(words) <= 4:  # two joined: a longer utterance with a boundary inside
@@ -350,7 +356,7 @@ def _sentence_jobs(out: Path, params: dict, voice_list) -> dict[str, list[_Job]]
         jobs[split] = []
         for i in range(counts[split]):
             rng = np.random.default_rng([params["seed"], 100 + s, i])
-            text = sentence(rng)
+            text = sentence(rng, params.get("sentence_style", "mixed"))
             rendition = _draw_rendition(rng, voice_list, gap=True)
             path = out / "sentences" / split / f"{i:05d}.wav"
             jobs[split].append(_Job(path, text, rendition, (params["seed"], 100 + s, i, 1)))
@@ -408,10 +414,12 @@ def _check_words(words: Sequence[str]) -> list[str]:
 
 def make_speech(out, words: Sequence[str] = KEYWORDS + DIGITS, train_per_word: int = 40,
                 val_per_word: int = 10, test_per_word: int = 0, sentences: int = 0,
-                sample_rate: int = 16000, seed: int = 0, noise: bool = True, progress: bool = False) -> Path:
+                sample_rate: int = 16000, seed: int = 0, noise: bool = True, progress: bool = False,
+                sentence_style: str = "mixed") -> Path:
     """Write an audiofolder of 1 s mono 16-bit clips, out/{train,val[,test]}/<word>/NNNNN.wav, and when
     sentences > 0 out/sentences/{train,val}/NNNNN.wav with out/sentences/{train,val}.csv (path,text;
-    paths relative to the csv) and out/sentences/manifest.csv (path,text,split: both splits): `sentences` train clips and max(10, sentences // 5) val clips. Then
+    paths relative to the csv) and out/sentences/manifest.csv (path,text,split: both splits): `sentences` train
+    clips and max(10, sentences // 5) val clips, in ``sentence_style`` (SENTENCE_STYLES). Then
     out/speech.json (the parameters, espeak-ng version, languages and variants) last.
 
     Idempotent: if speech.json already records these parameters, returns at once without writing.
@@ -421,6 +429,8 @@ def make_speech(out, words: Sequence[str] = KEYWORDS + DIGITS, train_per_word: i
     out = Path(out)
     if not isinstance(noise, bool):
         raise UserError(f"noise must be true or false, got {noise!r}")
+    if sentence_style not in SENTENCE_STYLES:
+        raise UserError(f"sentence style {sentence_style!r} is not one of {', '.join(SENTENCE_STYLES)}")
     params = {"format": FORMAT, "words": _check_words(words),
               "train_per_word": _check_count("train_per_word", train_per_word, 1),
               "val_per_word": _check_count("val_per_word", val_per_word, 0),
@@ -428,6 +438,8 @@ def make_speech(out, words: Sequence[str] = KEYWORDS + DIGITS, train_per_word: i
               "sentences": _check_count("sentences", sentences, 0),
               "sample_rate": _check_count("sample_rate", sample_rate, 8000, 48000),
               "seed": _check_count("seed", seed, 0), "noise": noise}
+    if sentences and sentence_style != "mixed":  # recorded only when it matters, so mixed folders stay valid
+        params["sentence_style"] = sentence_style
     languages, variants = voice_inventory()
     params |= {"espeak_ng": espeak_version(), "languages": list(languages), "variants": list(variants)}
     if _claim(out, params, "speech", _PARTIAL):

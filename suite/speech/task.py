@@ -69,13 +69,20 @@ class SpeechModality:
             return self.evaluate(recipe, model, data, "val", device).prefixed("val")
 
         def train_loader(epoch: int) -> DataLoader:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
             ds = sdata.AudioDataset(data.train, data, recipe.task, train=True, augment=recipe.data.augment,
                                     max_seconds=recipe.data.max_seconds, seed=recipe.train.seed)
             ds.set_epoch(epoch)
             gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
             n, bs = len(ds), recipe.train.batch_size
-            return DataLoader(ds, batch_size=bs, shuffle=True, generator=gen, collate_fn=sdata.collate,
-                              num_workers=recipe.data.num_workers, drop_last=n > bs and n % bs == 1)
+            lengths = [round(c.seconds * SAMPLE_RATE) for c in data.train]
+            # clips of similar length batched together (transformers' group_by_length): less zero padding, which
+            # costs time and, without an attention mask, moves a group-norm Wav2Vec2's features
+            order = dict(sampler=LengthGroupedSampler(bs, lengths=lengths, generator=gen)) if len(set(lengths)) > 1 \
+                else dict(shuffle=True, generator=gen)
+            return DataLoader(ds, batch_size=bs, collate_fn=sdata.collate, num_workers=recipe.data.num_workers,
+                              drop_last=n > bs and n % bs == 1, **order)
 
         return Hooks(loss=loss, evaluate=evaluate, train_loader=train_loader)
 
@@ -170,7 +177,7 @@ def _make_speech(s, root: Path, ctc: bool) -> None:
     from suite.datasets.speech import make_speech
 
     make_speech(root, s.classes, s.train_per_class, s.val_per_class, s.test_per_class,
-                sentences=s.sentences if ctc else 0, seed=s.seed, progress=True)
+                sentences=s.sentences if ctc else 0, seed=s.seed, progress=True, sentence_style=s.sentence_style)
 
 
 def runtime_metrics(m, clips, data, meta: dict) -> dict[str, float]:
