@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install espeak demo demo-detect test clean-demo
+.PHONY: install espeak demo demo-detect demo-speech test clean-demo
 
 install: $(STAMP) espeak
 
@@ -32,9 +32,17 @@ demo-detect: install
 	$(SUITE) run recipes/quickstart/detect-shapes-pretrain.yaml --out runs/detect-pretrain --overwrite
 	$(SUITE) run recipes/quickstart/detect-shapes.yaml --out runs/detect-finetune --overwrite
 
+# Offline speech quickstarts (espeak-ng voices): keywords pretrained on 10 words, fine-tuned on the digits vs
+# scratch; then a connected-digit CTC recognizer from random init (WER/CER).
+demo-speech: install
+	$(SUITE) run recipes/quickstart/speech-keywords-pretrain.yaml --out runs/speech-pretrain --overwrite
+	$(SUITE) run recipes/quickstart/speech-keywords.yaml --out runs/speech-keywords --overwrite
+	$(SUITE) run recipes/quickstart/speech-ctc.yaml --out runs/speech-ctc --overwrite
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf runs/quickstart-pretrain runs/quickstart-finetune data/shapes-source data/shapes-target
 	rm -rf runs/detect-pretrain runs/detect-finetune data/detect-shapes-source data/detect-shapes-target
+	rm -rf runs/speech-pretrain runs/speech-keywords runs/speech-ctc data/speech-source data/speech-target data/speech-digits

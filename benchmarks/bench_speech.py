@@ -54,7 +54,7 @@ def bench_one(arch: str, head: str, seconds: list[float], args) -> dict:
         exporter = export_onnx(build(arch, head)(), torch.randn(2, SAMPLE_RATE), fp32, 18)
         quantize(fp32, "int8-dynamic", int8, [])
         info = {"exporter": exporter, "export_and_quantize_s": round(time.perf_counter() - start, 1)}
-        rows = []
+        rows, clip_s = [], []
         for s in seconds:
             if args.wait_idle:
                 wait_idle(args.wait_idle)
@@ -62,8 +62,11 @@ def bench_one(arch: str, head: str, seconds: list[float], args) -> dict:
             rows += run_bench(build(arch, head), {"fp32": fp32, "int8-dynamic": int8},
                               (int(s * SAMPLE_RATE),), args.batch_sizes, threads=args.threads, compile=False,
                               warmup=args.warmup, iters=args.iters, repeats=args.repeats, progress=log)
+            clip_s += [s] * (len(rows) - len(clip_s))
     payload = bench_payload(rows, model=arch, head=head, clip_seconds=seconds, **info,
                             command="python " + " ".join(shlex.quote(a) for a in sys.argv))
+    for row, s in zip(payload["rows"], clip_s):
+        row["clip_s"] = s
     return payload
 
 
@@ -73,8 +76,12 @@ def report(folder: Path) -> str:
         doc = json.loads(path.read_text())
         from suite.core.bench import BenchRow
 
-        rows = [BenchRow.from_json(r) for r in doc["rows"]]
-        out.append(f"## {doc['model']} {doc['head']} (input samples = seconds x 16000)\n\n{bench_table(rows)}\n")
+        by_clip: dict = {}  # one table per clip length: speed-ups compare rows of the same input only
+        for r in doc["rows"]:
+            by_clip.setdefault(r.get("clip_s"), []).append(BenchRow.from_json(r))
+        for s, rows in by_clip.items():
+            clip = f"{s:g} s clips" if s is not None else "all clip lengths (older file: no clip_s per row)"
+            out.append(f"## {doc['model']} {doc['head']}, {clip} ({SAMPLE_RATE} Hz)\n\n{bench_table(rows)}\n")
     return "\n".join(out) or f"no speech-*.json in {folder}"
 
 

@@ -20,3 +20,5 @@ def test_quick_speech_benchmark_writes_rows(tmp_path, capsys):
     assert got == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8-dynamic")}
     assert all(r["p50_ms"] > 0 and r["batch"] == 1 for r in doc["rows"])
     assert doc["clip_seconds"] == [1.0] and "int8-dynamic" in capsys.readouterr().out
+    assert [r["clip_s"] for r in doc["rows"]] == [1.0] * 3
+    assert "wav2vec2-tiny keywords, 1 s clips" in _script().report(tmp_path)
