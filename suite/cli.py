@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from suite.errors import UserError
+from suite.recipe import SENTENCE_STYLES
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -193,7 +194,7 @@ def make_shapes_detection(out, classes, train_images, val_images, test_images, s
 @click.option("--val-per-word", default=10, show_default=True)
 @click.option("--test-per-word", default=0, show_default=True)
 @click.option("--sentences", default=0, show_default=True, help="Also this many training sentences for CTC.")
-@click.option("--sentence-style", type=click.Choice(["mixed", "digits"]), default="mixed", show_default=True,
+@click.option("--sentence-style", type=click.Choice(SENTENCE_STYLES), default="mixed", show_default=True,
               help="mixed: commands, statements, answers, digit strings; digits: connected digits only.")
 @click.option("--sample-rate", default=16000, show_default=True)
 @click.option("--seed", default=0, show_default=True)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from suite.core.checkpoint import atomic_write, atomic_write_text
 from suite.datasets.shapes import _check_count, _claim  # one rule for counts and for claiming a folder
 from suite.errors import UserError
+from suite.recipe import SENTENCE_STYLES
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -298,9 +299,6 @@ def _answer(rng):
 
 
 _TEMPLATES = (_digits, _command, _statement, _switch, _answer)
-# mixed: commands, statements, answers and digit strings; digits: connected digits only (3-6, like TIDIGITS),
-# the smaller task a from-scratch CTC model learns within minutes on a CPU
-SENTENCE_STYLES = ("mixed", "digits")
 
 
 def sentence(rng: np.random.Generator, style: str = "mixed") -> str:
