@@ -177,7 +177,7 @@ def prepare_yolo(arch: str, size: int, folder: Path, args) -> tuple[object, dict
     fp32 = folder / "model.onnx"
     start = time.perf_counter()
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # batch 2: see export_onnx
-    info = {"exporter": export_onnx(head, example, fp32, args.opset), "opset": args.opset,
+    info = {"exporter": export_onnx(head, example, fp32, args.opset, yolo.EXPORT_IO), "opset": args.opset,
             "export_s": round(time.perf_counter() - start, 1),
             "calibration": f"{args.calib} letterbox-like random images: uniform [0,1] with 114/255 bands (seed 0)"}
     variants = {"fp32": fp32}
@@ -224,7 +224,7 @@ def prepare_frcnn(arch: str, size: int, folder: Path, args) -> tuple[object, dic
     build = functools.partial(frcnn.build_model, arch, list(FRCNN_LABELS), "none", min_size=size)
     torch.manual_seed(0)  # as run_bench does before calling the factory: the worker rebuilds these weights
     model = build().eval()
-    info = {"opset": min(args.opset, 17), "score_thresh": model.roi_heads.score_thresh,
+    info = {"opset": min(args.opset, frcnn.EXPORT_IO.max_opset), "score_thresh": model.roi_heads.score_thresh,
             "detections_per_img": model.roi_heads.detections_per_img,
             "rpn_post_nms_top_n": model.rpn._post_nms_top_n["testing"],
             "graph_input": f"[3,{size},{size}] behind Squeeze(0) of [1,3,{size},{size}] (with_batch_axis)"}
@@ -248,12 +248,13 @@ def export_frcnn(model, size: int, folder: Path, opset: int, info: dict) -> tupl
     """FOLDER/model.onnx as `suite export` writes it, and its int8-dynamic variant; each behind `with_batch_axis`."""
     import torch
 
+    from suite.core.export import export_onnx
     from suite.detection import frcnn
 
     folder.mkdir(exist_ok=True)
     raw = folder / "model.onnx"
     example = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
-    exporter = frcnn.export_torchscript(model, example, raw, opset)
+    exporter = export_onnx(frcnn.ExportWrapper(model), example, raw, opset, frcnn.EXPORT_IO)
     model.eval()  # torch.onnx.export put it back into the (training) mode of the wrapper it made
     shipped = {"fp32": raw}
     if q := _try_quantize(raw, "int8-dynamic", folder / "model.int8-dynamic.onnx", [], info):

@@ -45,13 +45,13 @@ def build(arch: str, head: str):
 def bench_one(arch: str, head: str, seconds: list[float], args) -> dict:
     import torch
 
-    from suite.core.export import quantize
-    from suite.speech.task import export_onnx
+    from suite.core.export import export_onnx, quantize
+    from suite.speech.task import EXPORT_IO
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8-dynamic.onnx"
         start = time.perf_counter()
-        exporter = export_onnx(build(arch, head)(), torch.randn(2, SAMPLE_RATE), fp32, 18)
+        exporter = export_onnx(build(arch, head)(), torch.randn(2, SAMPLE_RATE), fp32, 18, EXPORT_IO)
         quantize(fp32, "int8-dynamic", int8, [])
         info = {"exporter": exporter, "export_and_quantize_s": round(time.perf_counter() - start, 1)}
         rows, clip_s = [], []

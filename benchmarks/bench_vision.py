@@ -34,7 +34,6 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,22 +43,19 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from suite.core.bench import BenchRow, bench_payload, bench_table, machine_info, run_bench  # noqa: E402
-from suite.core.checkpoint import atomic_write, atomic_write_text  # noqa: E402
+from suite.core.checkpoint import atomic_write_text  # noqa: E402
+from suite.core.export import QUANT_CHOICES, export_onnx, quantize  # noqa: E402
 
-INPUT, OUTPUT = "images", "logits"
 OPSET = 18
 DEFAULT_MODELS = "resnet18,mobilenet_v3_large,efficientnet_b0"
+# variant -> (the suite's quantization kind, its settings): the suite's two, and the formats they were chosen over
 QUANT = {
-    "int8-static": {"method": "quantize_static", "format": "QDQ", "activation": "QUInt8", "weight": "QInt8",
-                    "per_channel": True, "calibration": "MinMax"},
-    "int8-dynamic": {"method": "quantize_dynamic", "weight": "QInt8", "op_types": ["MatMul", "Gemm"]},
-    "int8-dynamic-conv": {"method": "quantize_dynamic", "weight": "QInt8", "op_types": "all supported (Conv too)"},
-    "int8-static-qop": {"method": "quantize_static", "format": "QOperator", "activation": "QUInt8",
-                        "weight": "QInt8", "per_channel": True, "calibration": "MinMax"},
-    "int8-static-s8s8": {"method": "quantize_static", "format": "QDQ", "activation": "QInt8", "weight": "QInt8",
-                         "per_channel": True, "calibration": "MinMax"},
-    "int8-static-pertensor": {"method": "quantize_static", "format": "QDQ", "activation": "QUInt8",
-                              "weight": "QInt8", "per_channel": False, "calibration": "MinMax"},
+    "int8-static": ("int8-static", QUANT_CHOICES["int8-static"]),
+    "int8-dynamic": ("int8-dynamic", QUANT_CHOICES["int8-dynamic"]),
+    "int8-dynamic-conv": ("int8-dynamic", {"weight": "QInt8", "op_types": None}),  # None: every op (Conv too)
+    "int8-static-qop": ("int8-static", {**QUANT_CHOICES["int8-static"], "format": "QOperator"}),
+    "int8-static-s8s8": ("int8-static", {**QUANT_CHOICES["int8-static"], "activation": "QInt8"}),
+    "int8-static-pertensor": ("int8-static", {**QUANT_CHOICES["int8-static"], "per_channel": False}),
 }
 FORMAT_VARIANTS = ("int8-static-qop", "int8-static-s8s8", "int8-static-pertensor")
 
@@ -109,27 +105,6 @@ def model_factory(name: str):
     return functools.partial(torchvision.models.get_model, name, weights=None, num_classes=1000)
 
 
-def export_fp32(model, size: int, path: Path) -> str:
-    """fp32 ONNX with a dynamic batch axis: the dynamo exporter first, the TorchScript one if it fails."""
-    import torch
-
-    example = torch.randn(2, 3, size, size)  # batch 2: a size-1 dim would be specialized by torch.export
-    try:
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        atomic_write(path, lambda tmp: torch.onnx.export(
-            model, (example,), tmp, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET, dynamo=True,
-            dynamic_shapes=({0: batch},), external_data=False, verbose=False))
-        return "torch.onnx dynamo"
-    except Exception as e:
-        log(f"dynamo export failed ({type(e).__name__}: {str(e)[:200]}); using the TorchScript exporter")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            atomic_write(path, lambda tmp: torch.onnx.export(
-                model, (example,), tmp, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
-                dynamo=False, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}))
-        return f"torch.onnx torchscript (dynamo failed: {type(e).__name__})"
-
-
 def calibration_batches(size: int, n: int, seed: int = 0) -> list[np.ndarray]:
     """n random-normal images in batches of up to 8 (random data: fine for speed, not for accuracy)."""
     rng = np.random.default_rng(seed)
@@ -137,51 +112,29 @@ def calibration_batches(size: int, n: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in sizes]
 
 
-def quantize(pre: Path, name: str, out: Path, calib: list[np.ndarray]) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
-
-    q = QUANT[name]
-    if q["method"] == "quantize_dynamic":
-        op_types = q["op_types"] if isinstance(q["op_types"], list) else None
-        atomic_write(out, lambda tmp: quantize_dynamic(str(pre), tmp, weight_type=QuantType.QInt8,
-                                                       op_types_to_quantize=op_types))
-        return
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {INPUT: x}
-
-    atomic_write(out, lambda tmp: quantize_static(
-        str(pre), tmp, Reader(), quant_format=getattr(QuantFormat, q["format"]), per_channel=q["per_channel"],
-        activation_type=getattr(QuantType, q["activation"]), weight_type=getattr(QuantType, q["weight"])))
-
-
 def make_variants(model, size: int, folder: Path, names: list[str], calib_n: int) -> tuple[dict[str, Path], dict]:
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """fp32 through the suite's exporter, then each int8 variant through the suite's quantizer."""
+    import torch
+
+    from suite.vision.task import EXPORT_IO
 
     info: dict = {}
     fp32 = folder / "model.onnx"
     start = time.perf_counter()
-    info["exporter"] = export_fp32(model, size, fp32)
+    example = torch.randn(2, 3, size, size)  # batch 2: a size-1 dim would be specialized by torch.export
+    info["exporter"] = export_onnx(model, example, fp32, OPSET, EXPORT_IO)
     info["export_s"] = round(time.perf_counter() - start, 1)
     variants = {"fp32": fp32}
     if len(names) > 1:
-        pre = folder / "model.pre.onnx"
-        atomic_write(pre, lambda tmp: quant_pre_process(str(fp32), tmp, skip_symbolic_shape=True))
         calib = calibration_batches(size, calib_n)
         info["calibration"] = f"{calib_n} random-normal images (seed 0)"
-        info["quantize_s"] = {}
+        info["quantize_s"], info["quantization"] = {}, {}
         for name in names[1:]:
+            kind, choice = QUANT[name]
             start = time.perf_counter()
-            quantize(pre, name, folder / f"model.{name}.onnx", calib)
+            info["quantization"][name] = quantize(fp32, kind, folder / f"model.{name}.onnx", calib, choice=choice)
             info["quantize_s"][name] = round(time.perf_counter() - start, 1)
             variants[name] = folder / f"model.{name}.onnx"
-    info["quantization"] = {n: QUANT[n] for n in names[1:]}
     return variants, info
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from suite.errors import UserError
-from suite.recipe import SENTENCE_STYLES
+from suite.datasets import SENTENCE_STYLES
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -88,11 +88,12 @@ def export(run_dir, quantize, opset):
 @click.option("--top-k", default=1, show_default=True)
 @click.option("--conf", type=float, help="Detection: minimum score (default: the bundle's, 0.25 for YOLO).")
 def predict(bundle, inputs, variant, top_k, conf):
-    """Predict INPUTS with an exported BUNDLE (the same code as the torch-free suite_runtime)."""
+    """Predict INPUTS with an exported BUNDLE or a run directory's bundle (the torch-free suite_runtime's code)."""
+    from suite.rundir import bundle_dir
     from suite_runtime import Bundle
     from suite_runtime.cli import format_detections
 
-    b = Bundle.load(bundle, variant=variant)
+    b = Bundle.load(bundle_dir(bundle), variant=variant)
     try:
         predictions = b.predict(list(inputs), top_k=top_k, **({"conf": conf} if b.is_detector else {}))
     except ValueError as e:
@@ -102,7 +103,7 @@ def predict(bundle, inputs, variant, top_k, conf):
             for line in format_detections(path, p, as_json=False) or [f"{path}	(no detections)"]:
                 click.echo(line)
             continue
-        if getattr(p, "text", None) is not None:  # CTC transcript
+        if p.text is not None:  # CTC transcript
             click.echo(f"{path}\t{p.text}")
             continue
         shown = f"{p.value:.6g}" if p.value is not None else "  ".join(f"{k} {v:.4f}" for k, v in p.scores.items())
@@ -221,9 +222,7 @@ def convert(source_format, source, target_format, out, copy):
     from suite.detection import data as ddata
 
     if source_format == "pennfudan":
-        from suite.datasets.pennfudan import load_pennfudan
-
-        loaded = load_pennfudan(source)
+        loaded = ddata.load_pennfudan(source)
     else:
         loaded = ddata.load_detection(source_format, source)
     click.echo(f"{source}: {loaded.report.summary()}")
@@ -232,8 +231,13 @@ def convert(source_format, source, target_format, out, copy):
 
 
 def main(argv=None) -> None:
+    from suite.core.stages import Interrupted
+
     try:
         cli.main(args=argv, prog_name="suite", standalone_mode=False)
+    except Interrupted as e:
+        click.echo(f"interrupted; continue with: suite run --resume {e.run_dir}", err=True)
+        sys.exit(e.exit_code)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

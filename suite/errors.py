@@ -5,6 +5,10 @@ class UserError(Exception):
     """A mistake the user can fix: bad recipe, bad data, missing weights. Exit code 2."""
 
 
+class DiskError(UserError):
+    """A write the disk refused (full, failing, read-only): the previous file is intact. Exit code 2."""
+
+
 class TrainingDiverged(UserError):
     """Too many non-finite losses in a row."""
 

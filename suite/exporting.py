@@ -6,52 +6,36 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
+from suite import rundir
 from suite.core import export as ex
 from suite.errors import UserError
-from suite.recipe import Recipe, load_recipe
-from suite.tasks import modality_for
+from suite.recipe import Recipe
+from suite.tasks import Modality
 
 
 class VerificationFailed(UserError):
     """The bundle does not match PyTorch: exit non-zero, the reasons are in verify.json."""
 
 
-def load_run(run_dir: Path, overrides: Sequence[str] = ()):
-    best = run_dir / "checkpoints" / "best.safetensors"
-    if not best.is_file():
-        raise UserError(f"{run_dir} has no checkpoints/best.safetensors; is it a finished `suite run` directory?")
-    from safetensors.torch import load_file
-
-    recipe = load_recipe(run_dir / "recipe.yaml", overrides)
-    mod = modality_for(recipe.task)
-    data = mod.load_data(recipe)
-    model = mod.build_model(recipe, data, "none")
-    model.load_state_dict(load_file(str(best)))
-    return recipe, mod, data, model.eval()
-
-
 def export_run(run_dir: str | Path, quantize: Sequence[str] | None = None, opset: int | None = None) -> dict:
     """Export, quantize, verify; returns verify.json's document (raises VerificationFailed when it fails)."""
-    run_dir = Path(run_dir)
-    recipe, mod, data, model = load_run(run_dir)
-    cfg = recipe.export
+    run = rundir.open_run(run_dir)
+    cfg = run.recipe.export
     cfg = dataclasses.replace(cfg, quantize=tuple(quantize) if quantize is not None else cfg.quantize,
                               opset=opset or cfg.opset)
-    return export_model(recipe, mod, data, model, run_dir / "export", cfg)
+    return export_model(run.recipe, run.modality, run.data, run.model(), run.dir / rundir.EXPORT, cfg)
 
 
-def export_model(recipe: Recipe, mod, data, model, out: Path, cfg) -> dict:
+def export_model(recipe: Recipe, mod: Modality, data, model, out: Path, cfg) -> dict:
     from suite_runtime import Bundle
 
     out.mkdir(parents=True, exist_ok=True)
     spec = mod.export_spec(recipe, data, model)
     model = spec.module if spec.module is not None else model  # what is exported is what is compared
     tqdm.write(f"[{recipe.name}] exporting to {out}/model.onnx (opset {cfg.opset})")
-    export = spec.export or ex.export_onnx
-    exporter = export(model, spec.example, out / ex.VARIANT_FILES["fp32"], cfg.opset)
+    exporter = ex.export_onnx(model, spec.example, out / ex.VARIANT_FILES["fp32"], cfg.opset, spec.io)
     variants = {"fp32": {"file": ex.VARIANT_FILES["fp32"]}}
     kinds = [k for k in cfg.quantize if spec.quantizable is None or k in spec.quantizable]
     for kind in sorted(set(cfg.quantize) - set(kinds)):
@@ -61,7 +45,7 @@ def export_model(recipe: Recipe, mod, data, model, out: Path, cfg) -> dict:
         tqdm.write(f"[{recipe.name}] quantizing: {kind}")
         calib = spec.calibration(cfg.calibration_samples) if kind == "int8-static" else ()
         choice = ex.quantize(out / ex.VARIANT_FILES["fp32"], kind, out / ex.VARIANT_FILES[kind], calib,
-                             spec.quant_exclude)
+                             spec.quant_exclude, spec.io.input)
         variants[kind] = {"file": ex.VARIANT_FILES[kind], "quantization": choice}
     for v in variants.values():
         v["size_bytes"] = (out / v["file"]).stat().st_size
@@ -120,16 +104,27 @@ def parity_table(report: dict, out: Path) -> str:
     return "\n".join(rows)
 
 
-def export_and_bench(recipe: Recipe, mod, data, model, run_dir: Path) -> tuple[list, list]:
-    """The end of `suite run` when the recipe has export: the bundle, its parity table, and the benchmark."""
-    out = run_dir / "export"
+def export_and_bench(recipe: Recipe, mod: Modality, data, model, run_dir: Path) -> tuple[list, list]:
+    """The end of `suite run` when the recipe has export: the bundle (a failed verification fails the run),
+    its parity table, and the benchmark, which never fails a finished run: when it cannot run for this
+    model, report.md and bench.json say why."""
+    out = run_dir / rundir.EXPORT
     report = export_model(recipe, mod, data, model, out, recipe.export)
     sections, plots = [("Export parity", parity_table(report, out))], []
     if recipe.bench.batch_sizes:
         from suite.benching import bench_run_dir
+        from suite.core.bench import write_bench_error
 
-        table, png = bench_run_dir(run_dir, recipe.bench.batch_sizes, compile="torch.compile" in recipe.bench.runtimes,
-                                   warmup=recipe.bench.warmup, iters=recipe.bench.iters)
-        sections.append(("Inference benchmark", table))
-        plots.append(png)
+        try:
+            table, png = bench_run_dir(run_dir, recipe.bench.batch_sizes,
+                                       compile="torch.compile" in recipe.bench.runtimes,
+                                       warmup=recipe.bench.warmup, iters=recipe.bench.iters)
+        except Exception as e:  # reporting only: the model, its bundle and its metrics are already written
+            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            tqdm.write(f"[{recipe.name}] inference benchmark not run ({reason}); the run itself succeeded")
+            write_bench_error(run_dir, reason)
+            sections.append(("Inference benchmark", f"Not run: {reason}."))
+        else:
+            sections.append(("Inference benchmark", table))
+            plots.append(png)
     return sections, plots

@@ -1,9 +1,13 @@
-"""What `suite ls` prints: bundled recipes, known models, a model's parameter groups."""
+"""What `suite ls` prints: bundled recipes, the models of every registered modality, a model's groups."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import yaml
+
+from suite.errors import UserError
+from suite.tasks import modalities
 
 
 def recipes(root: Path) -> list[str]:
@@ -19,32 +23,25 @@ def recipes(root: Path) -> list[str]:
 
 
 def models() -> list[str]:
-    from suite.detection.frcnn import ARCHS
-    from suite.vision.models import list_models
-
-    return [*list_models(), "timm:<name>  (any timm model, when timm is installed)",
-            *(f"{a}  (detection)" for a in ARCHS), "yolo11n|s|m|l|x, yolov8n, ...  (detection, Ultralytics)"]
-
-
-def _detection_groups(arch: str, classes: int) -> list[tuple[str, int]] | None:
-    from suite.detection import frcnn, yolo
-
-    labels = [f"class{i}" for i in range(classes)]
-    if yolo.is_yolo(arch):
-        groups = yolo.groups(yolo.build_model(arch, labels, "none"))
-    elif frcnn.is_frcnn(arch):
-        groups = frcnn.groups(frcnn.build_model(arch, labels, "none"))
-    else:
-        return None
-    return [(g.name, sum(p.numel() for p in g.params)) for g in groups]
+    return [line for mod in modalities() for line in mod.models()]
 
 
 def groups(arch: str, classes: int) -> list[str]:
-    from suite.vision.models import build_model, describe_groups
+    """The groups of ``arch`` at random init with a ``classes``-way head, as `suite ls groups` prints them."""
+    from suite.core.groups import describe_groups
+    from suite.recipe import DataCfg, ModelCfg, Recipe
+    from suite.core.schedule import Stage
 
-    rows = _detection_groups(arch, classes)
-    if rows is None:
-        model, _ = build_model(arch, classes, "none")
-        rows = describe_groups(arch, model)
+    found = [(mod, mod.task_for(arch)) for mod in modalities()]
+    mod, task = next(((m, t) for m, t in found if t is not None), (None, None))
+    if mod is None:
+        names = [line.split()[0] for line in models()]
+        close = difflib.get_close_matches(arch, names, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise UserError(f"unknown model '{arch}'{hint}; `suite ls models` lists them")
+    recipe = Recipe(name="ls", task=task, model=ModelCfg(arch=arch), data=DataCfg(format="none"),
+                    schedule=(Stage(epochs=1, train="head", lr=1e-3),))
+    labels = [f"class{i}" for i in range(classes)]
+    rows = describe_groups(mod.groups(recipe, mod.build_model(recipe, labels, "none")))
     total = sum(n for _, n in rows)
-    return [f"{name:16s} {n:>12,d} params" for name, n in rows] + [f"{'total':16s} {total:>12,d} params"]
+    return [f"{name:18s} {n:>12,d} params" for name, n in rows] + [f"{'total':18s} {total:>12,d} params"]

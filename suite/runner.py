@@ -11,13 +11,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from suite import rundir
 from suite.core import checkpoint, metrics, report
 from suite.core.groups import check_groups, group_names
-from suite.core.loop import FitOptions, Position, fit, resolve_device, seed_everything
+from suite.core.loop import FitOptions, fit, resolve_device, seed_everything
 from suite.core.schedule import Stage, check_schedule, total_epochs
+from suite.core.stages import BEST, LAST, Interrupted, Position, stop_requested, stop_signals
 from suite.errors import UserError
-from suite.recipe import Recipe, dump_recipe, load_recipe
-from suite.tasks import modality_for
+from suite.recipe import Recipe, dump_recipe
+from suite.tasks import Modality, load_recipe, modality_for
 
 
 @dataclass
@@ -60,13 +62,17 @@ def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str 
     """Train, evaluate, compare with baselines, write the run directory."""
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"cannot resume {run_dir}: no checkpoints/last.pt there; start it with `suite run RECIPE`")
-        recipe = load_recipe(run_dir / "recipe.yaml", overrides)
+        if not (run_dir / LAST).is_file():
+            raise UserError(f"cannot resume {run_dir}: no {LAST} there; start it with `suite run RECIPE`")
+        recipe = load_recipe(run_dir / rundir.RECIPE, overrides)
     else:
         recipe = load_recipe(recipe_path, overrides)
         run_dir = _fresh_run_dir(Path(out), overwrite) if out else _next_free(Path("runs") / recipe.name)
-    return run_recipe(recipe, run_dir, resolve_device(device), resume is not None, on_epoch_end)
+    with stop_signals():  # SIGTERM/SIGINT: finish the step, write a checkpoint, raise Interrupted
+        try:
+            return run_recipe(recipe, run_dir, resolve_device(device), resume is not None, on_epoch_end)
+        except Interrupted as e:  # e.g. inside the scratch baseline: --resume takes the whole run's folder
+            raise Interrupted(e.signum, run_dir, e.where) from None
 
 
 def _next_free(path: Path) -> Path:
@@ -78,7 +84,7 @@ def _next_free(path: Path) -> Path:
 
 
 def _fresh_run_dir(path: Path, overwrite: bool) -> Path:
-    if not (path / "recipe.yaml").exists():
+    if not (path / rundir.RECIPE).exists():
         return path
     if not overwrite:
         raise UserError(f"{path} already holds a run: continue it with --resume {path}, "
@@ -91,32 +97,31 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
                on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
     data = mod.load_data(recipe)
     log(f"[{recipe.name}] data: {data.report.summary()}")
+    rundir.write_labels(run_dir, data.labels)
     seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run
-    model, groups = _model_and_groups(mod, recipe, data, recipe.model.weights)
+    model, groups = model_and_groups(mod, recipe, data.labels, recipe.model.weights)
     model.to(device)
     opts = fit_options(recipe, mod.default_metric(recipe))
     log(f"[{recipe.name}] training on {device}: groups {', '.join(group_names(groups))}")
-    own_loop = getattr(mod, "own_loop", lambda recipe, data: None)(recipe, data)
-    if own_loop is not None:  # the library's trainer runs each stage (Ultralytics), with our groups and LRs
-        if resume:
-            raise UserError(f"--resume is not supported for {recipe.model.arch} (its trainer runs each stage); "
-                            f"start again with `suite run` and --overwrite")
-        own_loop(model, groups, run_dir, device, opts.select_metric, on_epoch_end)
+    trainer = mod.trainer(recipe, data)
+    if trainer is not None:  # the library's trainer runs each stage (Ultralytics), with our groups and LRs
+        trainer(model, groups, recipe.stages(), opts, run_dir, device, resume, on_epoch_end)
     else:
         hooks = dataclasses.replace(mod.hooks(recipe, data, device), on_epoch_end=on_epoch_end)
         fit(model, groups, recipe.stages(), hooks, opts, run_dir, device, resume)
+    _check_stop("after training")
 
-    best = run_dir / "checkpoints" / "best.safetensors"
-    model.load_state_dict(_load_weights(best))
+    model.load_state_dict(_load_weights(run_dir / BEST))
     val = mod.evaluate(recipe, model, data, "val", device)
     test = mod.evaluate(recipe, model, data, "test", device)
     baselines = {name: _baseline(name, recipe, run_dir, device, resume) for name in recipe.eval.compare}
+    _check_stop("before the export")
     document = metrics.metrics_document(recipe.task, val, test, baselines)
-    metrics.write_metrics_json(run_dir / "metrics.json", document)
+    metrics.write_metrics_json(run_dir / rundir.METRICS, document)
     table = _comparison(recipe, val, baselines)
     sections, plots = [], []
     if recipe.export.onnx:
@@ -127,8 +132,15 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     return RunResult(run_dir, document, table)
 
 
-def _model_and_groups(mod, recipe: Recipe, data, weights: str):
-    model = mod.build_model(recipe, data, weights)
+def _check_stop(where: str) -> None:
+    """A stop signal that came after the last checkpoint-worthy point: nothing more to save; stop here."""
+    request = stop_requested()
+    if request:
+        raise Interrupted(request.signum, Path("."), where)
+
+
+def model_and_groups(mod: Modality, recipe: Recipe, labels: list[str], weights: str):
+    model = mod.build_model(recipe, labels, weights)
     groups = mod.groups(recipe, model)
     check_groups(model, groups)
     check_schedule(recipe.stages(), group_names(groups))
@@ -145,7 +157,7 @@ def _baseline(name: str, recipe: Recipe, run_dir: Path, device: torch.device, re
     sub = scratch_recipe(recipe)
     sub_dir = run_dir / "baselines" / name
     log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs from random init")
-    again = resume and (sub_dir / "checkpoints" / "last.pt").is_file()
+    again = resume and (sub_dir / LAST).is_file()
     result = run_recipe(sub, sub_dir, device, again)
     return {split: result.metrics[split] for split in ("val", "test") if result.metrics.get(split)}
 
@@ -157,19 +169,19 @@ def _comparison(recipe: Recipe, val, baselines: dict) -> str:
     return report.comparison_table(rows, wanted)
 
 
-def _write_report(recipe: Recipe, run_dir: Path, mod, val, data, table: str, seconds: float,
+def _write_report(recipe: Recipe, run_dir: Path, mod: Modality, val, data, table: str, seconds: float,
                   extra_sections=(), extra_plots=()) -> None:
     plots_dir = run_dir / "plots"
-    history = report.read_history(run_dir / "history.csv")
+    history = report.read_history(run_dir / rundir.HISTORY)
     plots = [report.plot_curves(history, plots_dir / "curves.png"), *mod.plots(val, data, plots_dir), *extra_plots]
     summary = {"task": recipe.task, "model": recipe.model.arch, "weights": recipe.model.weights,
                "data": f"{recipe.data.format} {recipe.data.root}".strip(), "classes": str(len(data.labels)),
                "epochs": str(len(history)), "wall time": f"{seconds:.1f} s"}
-    task_sections = getattr(mod, "report_sections", lambda result: [])(val)
+    task_sections = mod.report_sections(recipe, val)
     sections = [("Data", data.report.summary()),
                 ("Schedule", "\n".join(f"- stage {i}: {_describe(s)}" for i, s in enumerate(recipe.stages()))),
                 ("Validation metrics", table), *task_sections, *extra_sections]
-    report.write_report(run_dir / "report.md", title=f"Run {recipe.name}", summary=summary,
+    report.write_report(run_dir / rundir.REPORT, title=f"Run {recipe.name}", summary=summary,
                         sections=sections, plots=plots)
 
 

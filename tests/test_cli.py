@@ -31,7 +31,7 @@ def test_validate_scans_data_and_checks_schedule(capsys, tmp_path):
     recipe = ROOT / "recipes/quickstart/shapes-finetune.yaml"
     code, out, _ = call(capsys, "validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}",
                         "-s", "data.synthetic.train_per_class=2", "-s", "data.synthetic.val_per_class=1")
-    assert code == 0 and "4 classes, 6 groups, 3 stages" in out and "scanned 12 images: 12 kept" in out
+    assert code == 0 and "4 classes, 6 groups, 3 stages" in out and "train 8 images, 8 kept; val 4 images, 4 kept" in out
     code, _, err = call(capsys, "validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}",
                         "-s", "data.synthetic.train_per_class=2", "-s", "data.synthetic.val_per_class=1",
                         "-s", "schedule.1.train=[layer9]")
@@ -74,3 +74,13 @@ train: {{batch_size: 4}}
     assert code == 2 and "no 'test' split" in err
     code, _, err = call(capsys, "run", "--resume", str(tmp_path / "s"))
     assert code == 2 and "no checkpoints/last.pt" in err
+
+
+def test_ls_lists_every_modality_through_the_registry(capsys):
+    code, out, _ = call(capsys, "ls", "models")
+    assert code == 0 and "wav2vec2-base" in out and "yolo11n" in out and "fasterrcnn_resnet50_fpn_v2" in out
+    code, out, _ = call(capsys, "ls", "groups", "wav2vec2-base", "--classes", "12")
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert code == 0 and names == ["feature_encoder", "feature_projection", *(f"encoder.{i}" for i in range(12)),
+                                   "head", "total"]
+    assert "199,948 params" in out  # head: projector 768 * 256 + 256 = 196,864, classifier 256 * 12 + 12 = 3,084

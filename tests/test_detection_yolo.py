@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from suite.core.loop import FitOptions
 from suite.detection import yolo
-from suite.detection.task import DetectionModality, staged_yaml
-from suite.recipe import load_recipe
+from suite.detection.task import DetectionModality
+from suite.errors import TrainingDiverged
 from suite.runner import run
+from suite.tasks import load_recipe
 
 RECIPE = """\
 name: yolo-tiny
@@ -46,7 +48,7 @@ def test_stage_transitions_freeze_bitwise_then_train(recipe_file, tmp_path):
     mod = DetectionModality()
     data = mod.load_data(recipe)
     torch.manual_seed(0)
-    model = mod.build_model(recipe, data, "none")
+    model = mod.build_model(recipe, data.labels, "none")
     groups = mod.groups(recipe, model)
     names = [g.name for g in groups]
     assert names[0] == "backbone.0" and names[-1] == "head" and any(n.startswith("neck.") for n in names)
@@ -57,7 +59,9 @@ def test_stage_transitions_freeze_bitwise_then_train(recipe_file, tmp_path):
 
     snapshots = [{k: v.clone() for k, v in model.state_dict().items()}]  # before, then after each 1-epoch stage
     snap = lambda pos: snapshots.append({k: v.clone() for k, v in model.state_dict().items()})  # noqa: E731
-    yolo.train(recipe, model, groups, staged_yaml(data), tmp_path, torch.device("cpu"), "val/map50_95", [snap])
+    train = mod.trainer(recipe, data)  # Ultralytics' trainer runs the stages
+    train(model, groups, recipe.stages(), FitOptions(select_metric="val/map50_95"), tmp_path, torch.device("cpu"),
+          False, [snap])
     assert len(snapshots) == 4
 
     def same(a, b, prefixes):
@@ -75,21 +79,21 @@ def test_stage_transitions_freeze_bitwise_then_train(recipe_file, tmp_path):
     assert changed(s2, s3, backbone)
     history = (tmp_path / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,stage,lr") and len(history) == 4
-    assert (tmp_path / "checkpoints" / "best.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "best.safetensors").is_file() and (tmp_path / "checkpoints" / "last.pt").is_file()
 
 
 def test_layer_decay_reaches_ultralytics_optimizer(recipe_file):
     recipe = load_recipe(recipe_file)
     mod = DetectionModality()
     data = mod.load_data(recipe)
-    model = mod.build_model(recipe, data, "none")
+    model = mod.build_model(recipe, data.labels, "none")
     groups = mod.groups(recipe, model)
     Trainer = yolo._trainer_class()
     t = Trainer.__new__(Trainer)
     from suite.core.schedule import group_lrs
 
     t.suite_groups, t.suite_lrs = groups, group_lrs(recipe.stages()[2], [g.name for g in groups])
-    t.suite_optim = ("sgd", 5e-4, 0.9)
+    t.suite_opts = FitOptions(optimizer="sgd", weight_decay=5e-4, momentum=0.9)
     opt = t.build_optimizer(model)
     lrs = {g["name"].split("/")[0]: g["lr"] for g in opt.param_groups}
     assert lrs["head"] == pytest.approx(0.01)
@@ -142,3 +146,53 @@ def test_using_yolo_leaves_pil_open_alone(recipe_file):
     PIL.Image.open = patches.image_open  # as a bare `import ultralytics` leaves it
     yolo.build_model("yolo11n", ["a"], "none")
     assert PIL.Image.open is patches._image_open
+
+
+class Stop(Exception):
+    """Stands in for a kill between two stages."""
+
+
+def test_run_killed_between_stages_resumes_to_the_same_weights(recipe_file, tmp_path):
+    """The library owns the epochs, the suite the stages: last.pt at each stage boundary; --resume reruns the
+    stage that was cut short from its start, and ends with the weights of an uninterrupted run."""
+    two = ["schedule=[{epochs: 1, train: head, lr: 0.01}, {epochs: 1, train: all, lr: 0.01}]"]
+    whole = run(recipe_file, two, tmp_path / "whole")
+
+    def kill_in_stage_1(pos):
+        if pos.stage == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(recipe_file, two, tmp_path / "cut", on_epoch_end=[kill_in_stage_1])
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["position"]["stage"] == 1 and len(saved["history"]) == 1  # the stage-0 boundary
+    resumed = run(None, resume=tmp_path / "cut")
+
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(d / "checkpoints" / "best.safetensors")) for d in (whole.run_dir, resumed.run_dir))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "cut" / "history.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1:] == (whole.run_dir / "history.csv").read_text().splitlines()[1:]
+    assert resumed.metrics["val"] == whole.metrics["val"]
+
+
+def test_non_finite_losses_stop_a_yolo_stage(recipe_file, tmp_path, monkeypatch):
+    recipe = load_recipe(recipe_file, ["train.max_nonfinite=2"])
+    mod = DetectionModality()
+    data = mod.load_data(recipe)
+    model = mod.build_model(recipe, data.labels, "none")
+    groups = mod.groups(recipe, model)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    real = type(model).loss
+
+    def nan_loss(self, batch, preds=None):
+        loss, items = real(self, batch, preds)
+        return loss * float("nan"), items
+
+    monkeypatch.setattr(type(model), "loss", nan_loss)
+    with pytest.raises(TrainingDiverged, match="2 batches in a row"):
+        mod.trainer(recipe, data)(model, groups, recipe.stages(), FitOptions(max_nonfinite=2,
+                                  select_metric="val/map50_95"), tmp_path, torch.device("cpu"), False, [])
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no step was taken on a NaN gradient

@@ -10,6 +10,7 @@ from suite.datasets.shapes import make_shapes
 from suite.exporting import VerificationFailed, export_run
 from suite.runner import run
 from suite.vision.models import build_model, list_models
+from suite.vision.task import EXPORT_IO
 
 BIG = {"vit_b_16": 224, "convnext_tiny": 64, "vgg16": 32, "vgg16_bn": 32, "vgg11": 32}
 
@@ -23,12 +24,12 @@ def test_every_registry_model_exports_with_dynamic_batch(arch, tmp_path):
     model, _ = build_model(arch, 3)
     model.eval()
     example = torch.randn(2, 3, size, size)
-    exporter = ex.export_onnx(model, example, tmp_path / "model.onnx", 18)
+    exporter = ex.export_onnx(model, example, tmp_path / "model.onnx", 18, EXPORT_IO)
     meta = {"task": "image-classification", "labels": ["a", "b", "c"],
             "preprocess": {"type": "image", "size": size, "resize": size, "mean": [0.5] * 3, "std": [0.25] * 3,
                            "interpolation": "bilinear", "channel_order": "RGB", "scale": 255.0, "max_aspect": 4},
             "postprocess": {"type": "softmax"}}
-    spec = ex.ExportSpec(meta=meta, example=example, evaluate=lambda m: {}, metric="val/accuracy")
+    spec = ex.ExportSpec(meta=meta, example=example, evaluate=lambda m: {}, metric="val/accuracy", io=EXPORT_IO)
     ex.write_json(tmp_path / "model.json", ex.model_json(spec, exporter, 18, {"fp32": {"file": "model.onnx"}}))
     parity = ex.tensor_parity(model, Bundle.load(tmp_path), example, (1, 3), atol=1e-4)
     assert parity["passed"], parity

@@ -4,8 +4,9 @@ import textwrap
 import pytest
 import yaml
 
-from suite.recipe import apply_overrides, dump_recipe, load_recipe, parse_recipe
 from suite.errors import UserError
+from suite.recipe import apply_overrides, dump_recipe, parse_recipe
+from suite.tasks import load_recipe  # the schema with the registry's task names
 
 BASE = textwrap.dedent("""\
     name: demo

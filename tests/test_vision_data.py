@@ -13,18 +13,16 @@ import torch
 import torchvision.datasets
 from PIL import Image
 
+from suite.core.data import ScanReport, load_rgb, split_indices
 from suite.errors import UserError
 from suite.vision.data import (
     ImageDataset,
-    ScanReport,
     balanced_sampler,
     build_vision_data,
     class_weights,
     csv_samples,
     imagefolder_splits,
-    load_rgb,
     scan,
-    split_indices,
     torchvision_data,
 )
 from suite.vision.transforms import AUGMENTS, Preprocess, build_transforms
@@ -106,9 +104,9 @@ def test_scan_skips_broken_files_converts_modes_and_never_touches_data(tmp_path)
     report = ScanReport()
     kept = scan(samples, report)
 
-    assert report.scanned == len(samples) == report.kept + report.n_skipped
+    assert report.found == len(samples) == report.kept + report.n_skipped
     assert sorted(Path(p).name for p, _ in kept) == sorted(n for n, e in expected.items() if e == "ok")
-    skipped = {reason: sorted(Path(p).name for p in paths) for reason, paths in report.skipped.items()}
+    skipped = {reason: sorted(Path(p).name for p in paths) for reason, paths in report.skipped_files().items()}
     assert skipped == {
         "truncated": ["truncated.jpg", "truncated.png"],
         "empty file": ["empty.jpg"],
@@ -117,7 +115,7 @@ def test_scan_skips_broken_files_converts_modes_and_never_touches_data(tmp_path)
     }
     assert report.converted == {"L": 1, "LA": 1, "CMYK": 1, "RGBA": 1, "P": 2, "1": 1, "I;16": 1, "F": 1}
     line = report.summary()
-    assert "\n" not in line and line.startswith(f"scanned 18 images: {len(kept)} kept, 5 skipped (")
+    assert "\n" not in line and line.startswith(f"train 18 images, {len(kept)} kept, 5 skipped (")
     assert "2 truncated" in line and "converted 9 to RGB" in line and line.count(".jpg") + line.count(".png") <= 3
 
     _, eval_tf = build_transforms(PRE, "none")
@@ -150,18 +148,25 @@ def test_scan_detects_truncation_even_if_another_library_enabled_lenient_loading
     bad = write(tmp_path / "half.jpg", half_jpeg())
     report = ScanReport()
     assert scan([(str(bad), 0)], report) == []
-    assert report.skipped == {"truncated": [str(bad)]}
+    assert report.skipped_files() == {"truncated": [str(bad)]}
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
 
 
-def test_report_merge_and_summary_without_problems():
-    a = ScanReport(scanned=3, kept=2, skipped={"truncated": ["x/a.jpg"]}, converted={"L": 1})
-    b = ScanReport(scanned=2, kept=1, skipped={"truncated": ["x/b.jpg"]}, converted={"L": 2, "CMYK": 1})
-    m = a.merge(b)
-    assert (m.scanned, m.kept, m.converted) == (5, 3, {"L": 3, "CMYK": 1})
-    assert m.skipped == {"truncated": ["x/a.jpg", "x/b.jpg"]}
-    assert a.skipped == {"truncated": ["x/a.jpg"]}  # inputs untouched
-    assert ScanReport(scanned=4, kept=4).summary() == "scanned 4 images: 4 kept"
+def test_report_totals_over_splits_and_summary_without_problems():
+    m = ScanReport()
+    m.skip("train", "x/a.jpg", "truncated")
+    m.keep("train", mode="L")
+    m.keep("train", mode="RGB")
+    m.skip("val", "x/b.jpg", "truncated")
+    m.keep("val", mode="L")
+    m.keep("val", mode="CMYK")
+    assert (m.found, m.kept, m.converted) == (6, 4, {"L": 2, "CMYK": 1})
+    assert m.skipped_files() == {"truncated": ["x/a.jpg", "x/b.jpg"]}
+    assert m.splits["train"].skipped == {"truncated": 1} and m.splits["val"].converted == {"L": 1, "CMYK": 1}
+    clean = ScanReport()
+    for _ in range(4):
+        clean.keep("train")
+    assert clean.summary() == "train 4 images, 4 kept"
 
 
 # ----------------------------------------------------------------------------- imagefolder
@@ -191,7 +196,7 @@ def test_flat_layout_split_is_seeded_deterministic_and_stratified(tmp_path):
     assert not train_paths & {p for p, _ in splits["val"]}
     assert len(train_paths) + len(splits["val"]) == 33
     assert not any(".hidden" in p or p.endswith((".txt", ".DS_Store")) for p in train_paths)
-    assert any("empty class folder" in w and "empty" in w for w in report.warnings)
+    assert any("empty class folder" in w and "empty" in w for w in report.notes)
 
     again, _ = imagefolder_splits(tmp_path, val_split=0.2, seed=7)
     other, _ = imagefolder_splits(tmp_path, val_split=0.2, seed=8)
@@ -266,7 +271,7 @@ def test_csv_classification_with_names_and_relative_paths(tmp_path):
     assert labels == ["cat", "dog"]
     assert samples == [(str(tmp_path / "imgs/x/000.png"), 1), (str(tmp_path / "imgs/x/001.png"), 0),
                        (str(tmp_path / "imgs/x/002.png"), 1)]
-    assert report.skipped == {"bad label": [f"{tmp_path / 'train.csv'}:5"]}
+    assert report.skipped_files() == {"bad label": [f"{tmp_path / 'train.csv'}:5"]}
 
     other_root, _ = csv_samples(tmp_path / "train.csv", "image-classification", root=Path("/data"))
     assert other_root[0][0] == "/data/imgs/x/000.png"
@@ -288,7 +293,7 @@ def test_csv_regression_skips_bad_value_rows_end_to_end(tmp_path):
     vd = build_vision_data("csv", tmp_path / "data.csv", "image-regression", 0.34, 0, tf, tf)
 
     assert vd.labels == ["value"] and vd.train_targets == []
-    assert sorted(vd.report.skipped["bad label"]) == [f"{tmp_path / 'data.csv'}:3", f"{tmp_path / 'data.csv'}:6"]
+    assert sorted(vd.report.skipped_files()["bad label"]) == [f"{tmp_path / 'data.csv'}:3", f"{tmp_path / 'data.csv'}:6"]
     values = sorted(t for _, t in vd.train.samples + vd.val.samples)
     assert values == [-2.0, 1.5, 30.0] and len(vd.val) == 1
     x, y = vd.train[0]

@@ -1,6 +1,7 @@
 """suite.vision.models: registry, head replacement, freeze groups, weight loading (all offline)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import urllib.error
 from collections import OrderedDict
@@ -11,7 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
+from suite.core.groups import check_groups, describe_groups
 from suite.errors import UserError
+from suite.listing import groups as listed_groups
 from suite.vision import models as vm
 from suite.vision.transforms import Preprocess
 
@@ -38,17 +41,27 @@ def _ids_by_name(model: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in model.named_parameters()}
 
 
+def _named(groups) -> OrderedDict:
+    """name -> ParamGroup, in model order."""
+    return OrderedDict((g.name, g) for g in groups)
+
+
+def _modules(groups) -> OrderedDict:
+    """name -> every module of the group, descendants included (where BatchNorm layers are found)."""
+    return OrderedDict((g.name, [m for top in g.modules for m in top.modules()]) for g in groups)
+
+
 def _assert_groups_cover(model: nn.Module, groups) -> OrderedDict:
-    """Independent of vm.check_groups: every parameter in exactly one group, nothing foreign."""
-    params = vm.group_parameters(groups)
+    """Independent of check_groups: every parameter in exactly one group, nothing foreign."""
+    params = OrderedDict((g.name, g.params) for g in groups)
     names = _ids_by_name(model)
     flat = [id(p) for ps in params.values() for p in ps]
     assert len(flat) == len(set(flat)), "a parameter is in two groups"
     assert set(flat) == set(names), f"uncovered: {[names[i] for i in set(names) - set(flat)][:5]}"
-    # a group's modules must not hold parameters that group_parameters attributed elsewhere
-    for gname, modules in groups.items():
-        own = {id(p) for m in modules for p in m.parameters()}
-        assert own == {id(p) for p in params[gname]}, gname
+    # a group's modules must not hold parameters attributed elsewhere
+    for g in groups:
+        own = {id(p) for m in g.modules for p in m.parameters()}
+        assert own <= {id(p) for p in g.params}, g.name
     return params
 
 
@@ -66,19 +79,19 @@ def test_list_models_has_the_registry():
 def test_registry_model_head_groups_forward(arch):
     model, pre = vm.build_model(arch, 3)
     assert isinstance(pre, Preprocess) and (pre.size, pre.resize) == (224, 256)
-    groups = vm.model_groups(arch, model)
-    params = _assert_groups_cover(model, groups)
+    groups = _named(vm.model_groups(arch, model))
+    params = _assert_groups_cover(model, groups.values())
     assert list(groups)[-1] == "head" and len(groups) >= 3
 
     # the head group holds the new head, whose last layer has num_outputs outputs
     heads = [m for m in model.modules() if isinstance(m, vm.HeadLinear)]  # no hidden/dropout: one Linear
-    assert len(heads) == 1 and heads[0] in groups["head"]
+    assert len(heads) == 1 and heads[0] in groups["head"].modules
     assert heads[0].out_features == 3
     assert {id(p) for p in params["head"]} == {id(p) for p in heads[0].parameters()}
 
     # input-to-output: the first conv is in the first group, and groups follow the model's layer order
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first_conv in vm.group_modules(groups)[next(iter(groups))]
+    assert first_conv in _modules(groups.values())[next(iter(groups))]
     order = {id(p): i for i, p in enumerate(model.parameters())}
     starts = [min(order[id(p)] for p in ps) for ps in params.values()]
     assert starts == sorted(starts) and all(params.values())
@@ -97,13 +110,13 @@ def test_registry_model_head_groups_forward(arch):
 
 def test_vit_stem_holds_raw_parameters_via_view():
     model, _ = vm.build_model("vit_b_16", 4)
-    groups = vm.model_groups("vit_b_16", model)
-    stem = vm.group_parameters(groups)["stem"]
+    groups = _named(vm.model_groups("vit_b_16", model))
+    stem = groups["stem"].params
     assert any(p is model.class_token for p in stem) and any(p is model.encoder.pos_embedding for p in stem)
     assert [n for n in groups][1:3] == ["blocks.0", "blocks.1"] and list(groups)[-2:] == ["norm", "head"]
-    # views are not model modules: group_modules only returns real ones
-    mods = vm.group_modules(groups)["stem"]
-    assert model.conv_proj in mods and not any(isinstance(m, vm.ParamHolder) for m in mods)
+    # the raw tensors are listed as parameters; the group's modules are the model's own
+    mods = _modules(groups.values())["stem"]
+    assert model.conv_proj in mods and all(any(m is n for n in model.modules()) for m in mods)
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 4)
@@ -116,11 +129,11 @@ def test_vgg16_hidden_head_replaces_whole_classifier():
     linears = [m for m in head if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(25088, 4096), (4096, 4096), (4096, 10)]
     assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
-    groups = vm.model_groups("vgg16", model)
+    groups = _named(vm.model_groups("vgg16", model))
     assert "classifier" not in groups
     assert list(groups) == [f"features.{i}" for i in range(5)] + ["head"]
-    assert groups["head"] == [head]
-    _assert_groups_cover(model, groups)
+    assert groups["head"].modules == [head]
+    _assert_groups_cover(model, groups.values())
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
@@ -128,10 +141,10 @@ def test_vgg16_hidden_head_replaces_whole_classifier():
 
 def test_vgg_without_hidden_keeps_classifier_group():
     model, _ = vm.build_model("vgg11", 5)
-    groups = vm.model_groups("vgg11", model)
+    groups = _named(vm.model_groups("vgg11", model))
     assert list(groups)[-2:] == ["classifier", "head"]
     assert isinstance(model.classifier[6], vm.HeadLinear) and model.classifier[0].out_features == 4096
-    assert [m.out_features for m in groups["classifier"] if isinstance(m, nn.Linear)] == [4096, 4096]
+    assert [m.out_features for m in groups["classifier"].modules if isinstance(m, nn.Linear)] == [4096, 4096]
 
 
 def test_make_head_hidden_and_dropout_layout():
@@ -169,33 +182,34 @@ def test_bad_head_arguments_are_user_errors(kwargs):
 
 def test_group_helpers_and_check_groups():
     model, _ = vm.build_model("resnet18", 3)
-    groups = vm.model_groups("resnet18", model)
+    listed = vm.model_groups("resnet18", model)
+    groups = _named(listed)
     assert list(groups) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
-    assert any(isinstance(m, nn.BatchNorm2d) for m in vm.group_modules(groups)["stem"])
-    assert any(isinstance(m, nn.BatchNorm2d) for m in vm.group_modules(groups)["layer4"])
-    desc = vm.describe_groups("resnet18", model)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in _modules(listed)["stem"])
+    assert any(isinstance(m, nn.BatchNorm2d) for m in _modules(listed)["layer4"])
+    desc = describe_groups(listed)
     assert [n for n, _ in desc] == list(groups)
     assert sum(c for _, c in desc) == sum(p.numel() for p in model.parameters())
     assert dict(desc)["head"] == 512 * 3 + 3
 
-    missing = OrderedDict((k, v) for k, v in groups.items() if k != "layer2")
-    with pytest.raises(AssertionError, match="in none"):
-        vm.check_groups(model, missing)
-    twice = OrderedDict(groups)
-    twice["layer1"] = groups["layer1"] + [model.layer2[0]]
-    with pytest.raises(AssertionError, match="in several groups"):
-        vm.check_groups(model, twice)
+    missing = [g for g in listed if g.name != "layer2"]
+    with pytest.raises(RuntimeError, match="in none"):
+        check_groups(model, missing)
+    twice = [dataclasses.replace(g, params=g.params + list(model.layer2[0].parameters())) if g.name == "layer1" else g
+             for g in listed]
+    with pytest.raises(RuntimeError, match="in several groups"):
+        check_groups(model, twice)
 
 
 def test_generic_torchvision_fallback_groups():
     model, _ = vm.build_model("mobilenet_v2", 3)  # not in the registry; EfficientNet-like layout
-    groups = vm.model_groups("mobilenet_v2", model)
+    groups = _named(vm.model_groups("mobilenet_v2", model))
     assert list(groups)[0] == "stem" and list(groups)[-2:] == ["top", "head"]
-    _assert_groups_cover(model, groups)
+    _assert_groups_cover(model, groups.values())
     model, _ = vm.build_model("regnet_y_400mf", 3)  # unknown family: top-level children
-    groups = vm.model_groups("regnet_y_400mf", model)
+    groups = _named(vm.model_groups("regnet_y_400mf", model))
     assert list(groups) == ["stem", "trunk_output", "head"]
-    _assert_groups_cover(model, groups)
+    _assert_groups_cover(model, groups.values())
 
 
 def test_unknown_arch_suggests_and_lists():
@@ -350,11 +364,11 @@ def test_enum_name_errors(hub):
 
 def test_timm_resnet18_builds_and_groups_cover():
     model, pre = vm.build_model("timm:resnet18", 3)
-    groups = vm.model_groups("timm:resnet18", model)
-    _assert_groups_cover(model, groups)
+    groups = _named(vm.model_groups("timm:resnet18", model))
+    _assert_groups_cover(model, groups.values())
     assert list(groups)[0] == "stem" and list(groups)[-1] == "head"
-    assert groups["head"] == [model.fc] and isinstance(model.fc, vm.HeadLinear)
-    assert model.conv1 in vm.group_modules(groups)["stem"]
+    assert groups["head"].modules == [model.fc] and isinstance(model.fc, vm.HeadLinear)
+    assert model.conv1 in _modules(groups.values())["stem"]
     assert pre.interpolation == "bicubic" and pre.size == 224
     model.eval()
     with torch.no_grad():
@@ -375,14 +389,14 @@ def test_timm_weights_file_round_trip(tmp_path):
 
 
 def test_describe_groups_without_model_builds_one():
-    desc = dict(vm.describe_groups("resnet18"))
+    desc = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in listed_groups("resnet18", 1000)}
     assert desc["head"] == 512 * 1000 + 1000 and desc["stem"] == 64 * 3 * 7 * 7 + 2 * 64
 
 
 def test_timm_hidden_head_and_raw_params():
     model, _ = vm.build_model("timm:vit_tiny_patch16_224", 2, hidden=[8])
-    groups = vm.model_groups("timm:vit_tiny_patch16_224", model)
-    params = _assert_groups_cover(model, groups)
+    groups = _named(vm.model_groups("timm:vit_tiny_patch16_224", model))
+    params = _assert_groups_cover(model, groups.values())
     assert any(p is model.cls_token for p in params["stem"])
     assert list(groups)[-2:] == ["top", "head"] and model.head[-1].out_features == 2
 

@@ -174,7 +174,13 @@ def _state_dict_mb(model) -> float:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
 
 
-def _torch_rows(model_factory, input_shape, batch_sizes, threads, warmup, iters, compile, note) -> Iterator[BenchRow]:
+def _inputs(batch: int, shape: tuple[int, ...], batch_axis: bool) -> tuple[int, ...]:
+    """The array shape of one call: a batch of items, or one item for a graph without a batch axis."""
+    return (batch, *shape) if batch_axis else tuple(shape)
+
+
+def _torch_rows(model_factory, input_shape, batch_sizes, threads, warmup, iters, compile, note,
+                batch_axis: bool = True) -> Iterator[BenchRow]:
     import torch
     from torch import nn
 
@@ -198,7 +204,7 @@ def _torch_rows(model_factory, input_shape, batch_sizes, threads, warmup, iters,
                 failed = f"torch.compile unavailable ({_first_line(e)})"
         gen = torch.Generator().manual_seed(0)
         for b in batch_sizes:
-            x = torch.randn((b, *input_shape), generator=gen)
+            x = torch.randn(_inputs(b, input_shape, batch_axis), generator=gen)
             if failed:
                 yield _skipped(runtime, "fp32", b, threads, size, failed, warmup, iters)
                 continue
@@ -243,7 +249,7 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 
 
 def _onnx_rows(path, input_shape, batch_sizes, threads, precision, warmup, iters, note,
-               session_options) -> Iterator[BenchRow]:
+               session_options, batch_axis: bool = True) -> Iterator[BenchRow]:
     path = Path(path)
     size = path.stat().st_size / 2**20
     session, settings = make_ort_session(path, threads, session_options)
@@ -254,7 +260,7 @@ def _onnx_rows(path, input_shape, batch_sizes, threads, precision, warmup, iters
         parts.append("session " + ", ".join(f"{k}={v}" for k, v in session_options.items()))
     rng = np.random.default_rng(0)
     for b in batch_sizes:
-        x = rng.standard_normal((b, *input_shape)).astype(dtype)
+        x = rng.standard_normal(_inputs(b, input_shape, batch_axis)).astype(dtype)
         try:
             session.run(None, {inp.name: x})
         except Exception as e:  # e.g. a graph exported with a fixed batch size
@@ -296,10 +302,10 @@ def _worker(job_file: str, rows_file: str) -> int:
     job = pickle.loads(Path(job_file).read_bytes())
     if job["kind"] == "torch":
         rows = _torch_rows(job["factory"], job["input_shape"], job["batch_sizes"], job["threads"], job["warmup"],
-                           job["iters"], job["compile"], "")
+                           job["iters"], job["compile"], "", job.get("batch_axis", True))
     else:
         rows = _onnx_rows(job["path"], job["input_shape"], job["batch_sizes"], job["threads"], job["precision"],
-                          job["warmup"], job["iters"], "", job.get("session_options"))
+                          job["warmup"], job["iters"], "", job.get("session_options"), job.get("batch_axis", True))
     done = []
     for row in rows:
         done.append(row.to_json())
@@ -395,7 +401,7 @@ def _median_row(rows: list[BenchRow], repeats: int) -> BenchRow:
 def run_bench(torch_model: ModelLike | None, onnx_variants: dict[str, Path], input_shape: tuple[int, ...],
               batch_sizes: Sequence[int], threads: int | None = None, compile: bool = True, isolate: bool = True,
               *, warmup: int = 5, iters: int = 30, repeats: int = 1, compile_timeout_s: float = COMPILE_TIMEOUT_S,
-              session_options: dict | None = None,
+              session_options: dict | None = None, batch_axis: bool = True,
               progress: Callable[[str], None] | None = None) -> list[BenchRow]:
     """torch eager (+ torch.compile) and every ONNX variant (name = precision), each batch size.
 
@@ -404,10 +410,11 @@ def run_bench(torch_model: ModelLike | None, onnx_variants: dict[str, Path], inp
     the ONNX files only. ``repeats`` > 1 runs every configuration that many times, round-robin (so a
     slow spell of a shared or virtual machine is spread over all of them), and keeps the median
     worker by p50: on the 2-vCPU benchmark box one fresh worker's p50 differed from the next one's by
-    up to 2x while each worker's own p50/p95 stayed within 10%.
+    up to 2x while each worker's own p50/p95 stayed within 10%. ``batch_axis=False``: the model takes one
+    item per call (a torchvision detector's [3, H, W] image), so only batch 1 is timed.
     """
     threads = threads or os.cpu_count() or 1
-    shape, sizes = _check(input_shape, batch_sizes, threads, warmup, iters)
+    shape, sizes = _check(input_shape, batch_sizes if batch_axis else [1], threads, warmup, iters)
     if not isinstance(repeats, int) or repeats < 1:
         raise UserError(f"repeats must be a positive integer; got {repeats!r}")
     variants = {str(k): Path(v) for k, v in onnx_variants.items()}
@@ -415,7 +422,8 @@ def run_bench(torch_model: ModelLike | None, onnx_variants: dict[str, Path], inp
         if not path.is_file():
             raise UserError(f"ONNX file for variant '{name}' not found: {path}")
     say = progress or (lambda msg: None)
-    common = {"input_shape": shape, "batch_sizes": sizes, "threads": threads, "warmup": warmup, "iters": iters}
+    common = {"input_shape": shape, "batch_sizes": sizes, "threads": threads, "warmup": warmup, "iters": iters,
+              "batch_axis": batch_axis}
     jobs: list[tuple[str, Callable[[], list[BenchRow]]]] = []  # (what, run it once)
 
     if torch_model is not None:
@@ -432,7 +440,7 @@ def run_bench(torch_model: ModelLike | None, onnx_variants: dict[str, Path], inp
             runtime = "torch.compile" if comp else "torch"
             if in_process:
                 run = functools.partial(lambda c: list(_torch_rows(torch_model, shape, sizes, threads, warmup, iters,
-                                                                   c, in_process)), comp)
+                                                                   c, in_process, batch_axis)), comp)
             else:
                 job = {"kind": "torch", "factory": torch_model, "compile": comp, **common}
                 run = functools.partial(_run_isolated, job, runtime, "fp32", None,
@@ -446,7 +454,8 @@ def run_bench(torch_model: ModelLike | None, onnx_variants: dict[str, Path], inp
             run = functools.partial(_run_isolated, job, "onnxruntime", precision, path.stat().st_size / 2**20, None)
         else:
             run = functools.partial(lambda p, q: list(_onnx_rows(p, shape, sizes, threads, q, warmup, iters,
-                                                                 IN_PROCESS_NOTE, session_options)), path, precision)
+                                                                 IN_PROCESS_NOTE, session_options, batch_axis)),
+                                    path, precision)
         jobs.append((f"onnxruntime {precision} ({path.name})", run))
 
     groups: dict[tuple[str, str, int], list[BenchRow]] = {}
@@ -575,6 +584,12 @@ def write_bench_plot(rows: Sequence[BenchRow], path: str | os.PathLike, title: s
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def write_bench_error(out_dir: str | os.PathLike, reason: str) -> Path:
+    """bench.json for a benchmark that could not run: no rows, and why."""
+    payload = bench_payload([], error=reason)
+    return atomic_write_text(Path(out_dir) / "bench.json", json.dumps(payload, indent=2) + "\n")
 
 
 def write_bench(rows: Sequence[BenchRow], out_dir: str | os.PathLike) -> tuple[Path, Path]:

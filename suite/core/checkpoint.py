@@ -1,27 +1,101 @@
 """Atomic writes, safe loads, and the resume state of a run."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+from suite.errors import DiskError
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)``, then rename onto ``path``: a crash never leaves a half file."""
+# What a full, failing or read-only disk raises: the run stops with exit 2 and the previous file intact.
+DISK_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], size_hint: int | None = None) -> Path:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path`` and fsync the folder: a crash or a kill at
+    any moment leaves either the previous file or the new complete one, never a half file.
+
+    A disk that refuses the write (full, failing, read-only, no permission) raises DiskError naming the folder,
+    what the disk said and, with ``size_hint``, about how many bytes the file needs; ``path`` is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _disk_error(path, e, size_hint) from None
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)  # the rename itself reaches the disk
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            raise _disk_error(path, e, size_hint or _size(tmp)) from None
+        if isinstance(e, RuntimeError) and _disk_cause(e) is not None:  # torch.save wraps the OSError
+            raise _disk_error(path, _disk_cause(e), size_hint) from None
         raise
     return path
+
+
+def _disk_cause(e: BaseException) -> OSError | None:
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return e
+        text = str(e)
+        if "No space left" in text or "Disk quota" in text:
+            return OSError(errno.ENOSPC, text)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _size(tmp: str) -> int | None:
+    try:
+        return os.path.getsize(tmp) or None
+    except OSError:
+        return None
+
+
+def _disk_error(path: Path, e: OSError, size_hint: int | None) -> DiskError:
+    folder = path.parent
+    try:
+        free = f", {shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    need = f"; {path.name} needs about {size_hint / 2**20:.1f} MiB" if size_hint else ""
+    what = DISK_ERRNOS.get(e.errno, e.strerror or str(e))
+    return DiskError(f"cannot write {path.name} in {folder} ({what}{free}){need}; free space or point --out "
+                     f"elsewhere, then continue with --resume (the previous checkpoint is intact)")
+
+
+def _fsync(file: str) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -43,7 +117,19 @@ def save_state(path: str | os.PathLike, state: dict) -> Path:
     so it loads back with ``weights_only=True``."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: torch.save(state, tmp), _tensor_bytes(state))
+
+
+def _tensor_bytes(obj) -> int:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_state(path: str | os.PathLike) -> dict:
@@ -57,7 +143,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp), _tensor_bytes(tensors))
 
 
 def rng_state() -> dict:

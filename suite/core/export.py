@@ -22,7 +22,6 @@ from torch import nn
 from suite.core.checkpoint import atomic_write, atomic_write_text
 from suite.errors import UserError
 
-INPUT, OUTPUT = "images", "logits"
 VARIANT_FILES = {"fp32": "model.onnx", "int8-static": "model.int8-static.onnx", "int8-dynamic": "model.int8-dynamic.onnx"}
 # Measured on this project's 2-core AVX-512 VNNI CPU (benchmarks/README.md, ResNet-18): static U8S8 QDQ
 # per-channel ran 2.9x faster than fp32; signed activations (S8S8) gave no speed-up (0.98x), and dynamically
@@ -35,6 +34,27 @@ QUANT_CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Axis:
+    """A dynamic axis of the graph's input: its name, and the range torch.export may assume."""
+
+    name: str
+    min: int = 1
+    max: int = 4096
+
+
+@dataclass(frozen=True)
+class OnnxIO:
+    """The graph's names and dynamic axes, and which torch.onnx exporters to try, in order."""
+
+    input: str
+    outputs: tuple[str, ...]
+    axes: dict[int, Axis] = field(default_factory=lambda: {0: Axis("batch")})  # input axis -> Axis
+    output_axes: dict[str, dict[int, str]] | None = None  # TorchScript only; None: every output's axis 0 = batch
+    exporters: tuple[str, ...] = ("dynamo", "torchscript")  # dynamo first; TorchScript when it fails
+    max_opset: int | None = None  # e.g. 18 for graphs the TorchScript exporter only knows up to 18
+
+
 @dataclass
 class ExportSpec:
     """What the modality tells the exporter about its bundle."""
@@ -43,60 +63,84 @@ class ExportSpec:
     example: torch.Tensor  # one input batch, e.g. [2, 3, H, W]
     evaluate: Callable[[object], dict[str, float]]  # model-like -> prefixed val metrics
     metric: str  # the task metric compared across runtimes, e.g. "val/accuracy"
+    io: OnnxIO  # the graph's input and output names, dynamic axes, exporters
     calibration: Callable[[int], Iterable[np.ndarray]] = lambda n: ()  # n samples -> batches for int8-static
     parity_batches: Sequence[int] = (1, 3, 8)  # () when the graph takes one sample (no batch axis)
     extra: dict = field(default_factory=dict)  # more model.json keys (may replace "input"/"outputs")
     module: nn.Module | None = None  # what is exported and compared, when not the model itself (e.g. a wrapper)
-    export: Callable[[nn.Module, torch.Tensor, Path, int], str] | None = None  # a custom exporter -> its name
     quantizable: Sequence[str] | None = None  # variants that make sense for this graph; None: every kind
     relative_atol: bool = False  # tensor parity on |diff| / max(1, |reference|) (outputs in pixels, ...)
     quant_exclude: Callable[[Path], list[str]] | None = None  # ONNX file -> nodes int8 variants keep in float
     tensor_check: Callable[..., dict] | None = None  # (module, bundle, example, atol) -> tensor_parity's dict
+    bench_item: tuple[int, ...] | None = None  # one input item's shape for `suite bench`; None: the example's
+    bench_batch_axis: bool = True  # False: the graph takes one item per call (timed at batch 1 only)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
-    """Write model.onnx with a dynamic batch axis; the dynamo exporter first, TorchScript if it fails."""
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, io: OnnxIO) -> str:
+    """Write one self-contained .onnx file with ``io``'s names and dynamic axes; returns the exporter's name.
+
+    Tries ``io.exporters`` in order: the dynamo exporter (torch.export), then the TorchScript one, which
+    still handles many graphs dynamo breaks on (data-dependent control flow, some custom ops).
+    """
     model = model.eval().cpu()
-    try:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                          opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
-                          external_data=False)  # one file: quantization tools and apps expect it
-        exporter = "torch.onnx dynamo"
-    except Exception as first:  # unsupported op or graph break: the older exporter often still works
-        warnings.warn(f"dynamo ONNX export failed ({type(first).__name__}: {str(first)[:200]}); trying TorchScript")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                              opset_version=opset, dynamo=False,
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
-        exporter = "torch.onnx torchscript"
-    import onnx
+    opset = min(opset, io.max_opset) if io.max_opset else opset
+    errors = []
+    for kind in io.exporters:
+        try:
+            atomic_write(path, lambda tmp: _export(kind, model, example, tmp, opset, io))
+        except Exception as e:  # unsupported op or graph break: the next exporter often still works
+            errors.append(f"{kind}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            if kind != io.exporters[-1]:
+                warnings.warn(f"{kind} ONNX export failed ({errors[-1]}); trying {io.exporters[-1]}")
+            continue
+        import onnx
 
-    onnx.checker.check_model(str(path))
-    return exporter
+        onnx.checker.check_model(str(path))
+        return f"torch.onnx {kind}"
+    raise UserError(f"ONNX export failed with every exporter ({'; '.join(errors)}); set export.onnx: false "
+                    "or report the model and the message")
+
+
+def _export(kind: str, model: nn.Module, example: torch.Tensor, path: str, opset: int, io: OnnxIO) -> None:
+    names = dict(input_names=[io.input], output_names=list(io.outputs), opset_version=opset)
+    if kind == "dynamo":
+        dims = {axis: torch.export.Dim(a.name, min=a.min, max=a.max) for axis, a in io.axes.items()}
+        torch.onnx.export(model, (example,), path, dynamo=True, dynamic_shapes=(dims,), verbose=False,
+                          external_data=False, **names)  # one file: quantization tools and apps expect it
+        return
+    outputs = io.output_axes if io.output_axes is not None else {o: {0: "batch"} for o in io.outputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), path, dynamo=False, **names,
+                          dynamic_axes={io.input: {axis: a.name for axis, a in io.axes.items()}, **outputs})
 
 
 def quantize(fp32: Path, kind: str, out: Path, calibration: Iterable[np.ndarray],
-             exclude: Callable[[Path], list[str]] | None = None) -> dict:
-    """int8-static (QDQ, U8S8, per-channel, MinMax calibration) or int8-dynamic (MatMul/Gemm only).
+             exclude: Callable[[Path], list[str]] | None = None, input_name: str | None = None,
+             choice: dict | None = None) -> dict:
+    """int8-static (QDQ, U8S8, per-channel, MinMax calibration) or int8-dynamic (MatMul/Gemm only), with
+    onnxruntime's quantization tools; returns the settings used (model.json records them).
 
-    ``exclude(onnx_path)`` names nodes to keep in float (e.g. a detector's box decoding), computed on the
-    pre-processed graph that is actually quantized.
+    ``choice`` replaces ``QUANT_CHOICES[kind]`` (benchmarks compare other formats: QOperator, S8S8,
+    per-tensor, dynamic convolutions with ``op_types: None``). ``exclude(onnx_path)`` names nodes to keep in
+    float (e.g. a detector's box decoding), computed on the pre-processed graph that is actually quantized.
     """
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    choice = dict(choice or QUANT_CHOICES[kind])
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    input_name = input_name or _input_name(fp32)
     try:
         skip = exclude(pre) if exclude else []
         if kind == "int8-dynamic":
-            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=QUANT_CHOICES[kind]["op_types"], nodes_to_exclude=skip)
+            atomic_write(out, lambda tmp: quantize_dynamic(
+                str(pre), tmp, weight_type=QuantType[choice["weight"]], op_types_to_quantize=choice.get("op_types"),
+                nodes_to_exclude=skip))
         else:
-            batches = [{INPUT: b.astype(np.float32)} for b in calibration]
+            batches = [{input_name: b.astype(np.float32)} for b in calibration]
             if not batches:
                 raise UserError("int8-static needs calibration samples, and the training split gave none")
 
@@ -107,14 +151,21 @@ def quantize(fp32: Path, kind: str, out: Path, calibration: Iterable[np.ndarray]
                 def get_next(self):
                     return next(self.it, None)
 
-            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=skip)
+            atomic_write(out, lambda tmp: quantize_static(
+                str(pre), tmp, Reader(), quant_format=QuantFormat[choice["format"]],
+                per_channel=choice["per_channel"], activation_type=QuantType[choice["activation"]],
+                weight_type=QuantType[choice["weight"]], nodes_to_exclude=skip))
     finally:
         pre.unlink(missing_ok=True)
-    choice = dict(QUANT_CHOICES[kind])
     if skip:
         choice["float_nodes"] = len(skip)
     return choice
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
 class OnnxModel:
@@ -137,7 +188,7 @@ class TorchSession:
     """A torch module behind the slice of onnxruntime's InferenceSession that ``Bundle`` uses, so PyTorch
     and the exported graph are scored through exactly the same runtime pre- and postprocessing."""
 
-    def __init__(self, module: nn.Module, input_shape: list, output_names: list[str], input_name: str = INPUT):
+    def __init__(self, module: nn.Module, input_shape: list, output_names: list[str], input_name: str):
         self.module = module.eval().cpu()
         self._inputs = [SimpleNamespace(name=input_name, shape=input_shape)]
         self._outputs = [SimpleNamespace(name=n) for n in output_names]
@@ -156,7 +207,7 @@ class TorchSession:
         return outs if names is None else [outs[every.index(n)] for n in names]
 
 
-def as_bundle(m, meta: dict, input_shape: list, output_names: list[str], input_name: str = INPUT):
+def as_bundle(m, meta: dict, input_shape: list, output_names: list[str], input_name: str):
     """``m`` as a suite_runtime Bundle: an OnnxModel's own, or a torch module behind TorchSession."""
     from suite_runtime import Bundle
 
@@ -214,16 +265,20 @@ def write_json(path: Path, doc: dict) -> Path:
 
 
 def model_json(spec: ExportSpec, exporter: str, opset: int, variants: dict) -> dict:
+    """model.json: the modality's metadata, the graph's input and outputs, the variants, and versions.
+    ``bench`` is the input item `suite bench` times, and whether the graph takes a batch of them."""
     import onnx
     import onnxruntime
 
     c, *rest = spec.example.shape[1:]
+    item = spec.bench_item if spec.bench_item is not None else tuple(spec.example.shape[1:])
     return {
         "format_version": 1, **spec.meta,
-        "input": {"name": INPUT, "shape": ["batch", c, *rest], "dtype": "float32", "layout": "NCHW"},
-        "outputs": [{"name": OUTPUT, "shape": ["batch", len(spec.meta.get("labels", [])) or 1]}],
+        "input": {"name": spec.io.input, "shape": ["batch", c, *rest], "dtype": "float32", "layout": "NCHW"},
+        "outputs": [{"name": spec.io.outputs[0], "shape": ["batch", len(spec.meta.get("labels", [])) or 1]}],
         "variants": variants, "default_variant": "fp32",
         "exporter": exporter, "opset": opset, "torch_version": torch.__version__, "onnx_version": onnx.__version__,
         "onnxruntime_version": onnxruntime.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **spec.extra,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bench": {"item_shape": list(item), "batch_axis": spec.bench_batch_axis}, **spec.extra,
     }

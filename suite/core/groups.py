@@ -18,17 +18,42 @@ class ParamGroup:
     modules: list[nn.Module]
 
 
+def make_groups(spec: Sequence[tuple[str, Sequence[nn.Module], Sequence[nn.Parameter]]]) -> list[ParamGroup]:
+    """Groups from (name, modules, parameters owned directly by a module split across groups), input to
+    output. A parameter reached twice counts in its first group only; groups left without any are dropped."""
+    seen: set[int] = set()
+    out = []
+    for name, modules, raw in spec:
+        params = []
+        for p in [*(p for m in modules for p in m.parameters()), *raw]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+        if params:
+            out.append(ParamGroup(name, params, list(modules)))
+    return out
+
+
 def check_groups(model: nn.Module, groups: Sequence[ParamGroup]) -> None:
-    """Every parameter of the model belongs to exactly one group (an adapter bug otherwise)."""
-    seen: dict[int, str] = {}
+    """Every parameter of the model is in exactly one group, nothing else is, and the last group is the new
+    head (the schedule's ``head`` selector). A violation is an adapter bug, not a user error."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    where: dict[int, list[str]] = {}
     for g in groups:
-        for p in g.params:
-            if id(p) in seen:
-                raise RuntimeError(f"parameter in both groups '{seen[id(p)]}' and '{g.name}'")
-            seen[id(p)] = g.name
-    missing = [n for n, p in model.named_parameters() if id(p) not in seen]
-    if missing:
-        raise RuntimeError(f"parameters in no group: {', '.join(missing[:5])}")
+        for p in {id(p): p for p in g.params}.values():
+            where.setdefault(id(p), []).append(g.name)
+    twice = [f"{names.get(i, '?')} in {', '.join(g)}" for i, g in where.items() if len(g) > 1]
+    missing = [n for i, n in names.items() if i not in where]
+    foreign = [g[0] for i, g in where.items() if i not in names]
+    last = [g.name for g in groups][-1:]
+    if twice or missing or foreign or last != ["head"]:
+        raise RuntimeError(f"bad parameter groups: in several groups {twice[:5]}, in none {missing[:5]}, "
+                           f"not in the model (groups {foreign[:5]}), last group {last} (must be 'head')")
+
+
+def describe_groups(groups: Sequence[ParamGroup]) -> list[tuple[str, int]]:
+    """(name, parameter count) per group, for `suite ls groups`."""
+    return [(g.name, sum(p.numel() for p in g.params)) for g in groups]
 
 
 def group_names(groups: Sequence[ParamGroup]) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +17,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from suite.core import checkpoint, report
+from suite.core import checkpoint
 from suite.core.groups import ParamGroup, freeze_batchnorm, group_names, make_optimizer, optimizer_groups, set_trainable
 from suite.core.schedule import Stage, group_lrs, lr_factor, trainable_groups
+from suite.core.stages import BEST, LAST, Interrupted, Position, Selection, end_epoch, stop_requested, tensorboard
 from suite.errors import TrainingDiverged, UserError
-
-LOWER_IS_BETTER = ("loss", "mse", "mae", "wer", "cer")
-
-
-def metric_mode(key: str) -> str:
-    return "min" if key.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "max"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,19 +57,9 @@ class FitOptions:
     ema: float | None = None
     max_nonfinite: int = 10
 
-
-@dataclass
-class Position:
-    """Where a run is: the next stage and epoch within it, and epochs done overall."""
-
-    stage: int = 0
-    stage_epoch: int = 0
-    epoch: int = 0
-    best: float | None = None
-    best_epoch: int = -1
-    stage_best: float | None = None
-    stale: int = 0  # epochs without improvement in this stage
-    history: list[dict] = field(default_factory=list)
+    @property
+    def selection(self) -> Selection:
+        return Selection(self.select_metric, self.early_stop_patience)
 
 
 @dataclass
@@ -91,10 +76,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _better(value: float, ref: float | None, mode: str) -> bool:
-    return ref is None or (value < ref if mode == "min" else value > ref)
 
 
 def stage_optimizer(groups: Sequence[ParamGroup], stage: Stage, opts: FitOptions,
@@ -118,8 +99,9 @@ class _Trainer:
         if opts.ema:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(opts.ema), use_buffers=True)
-        self.nonfinite = 0
-        self.mode = metric_mode(opts.select_metric)
+        self.nonfinite = NonFinite(opts.max_nonfinite)
+        self.stop = stop_requested()  # set by SIGTERM/SIGINT (suite.core.stages.stop_signals)
+        self.resume_rng: dict | None = None  # the RNG state a checkpoint written inside an epoch saved
 
     # ----- one stage ---------------------------------------------------------------------
     def begin_stage(self, i: int, steps_per_epoch: int, saved: dict | None):
@@ -133,33 +115,37 @@ class _Trainer:
             self.sched.load_state_dict(saved["scheduler"])
             self.scaler.load_state_dict(saved["scaler"])
 
-    def train_epoch(self, loader, desc: str) -> tuple[float, float]:
+    def train_epoch(self, loader, desc: str, pos: Position) -> tuple[float, float]:
+        """One epoch from batch ``pos.batch`` on (0, or where a stop signal left it). After each optimizer
+        step a pending stop request writes the checkpoint of this position and raises Interrupted."""
         self.model.train()
         freeze_batchnorm(self.groups, self.trainable)
-        total, count = 0.0, 0
+        total, count, done = pos.loss_sum, pos.loss_count, pos.batch
         self.opt.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         for i, batch in enumerate(bar):
+            if i < done:  # trained before the stop: drawn again (the same augmentation draws), not trained on
+                if i + 1 == done:
+                    checkpoint.set_rng_state(self.resume_rng)  # every RNG as it was after that step
+                continue
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 loss = self.hooks.loss(self.model, batch)
-            if not torch.isfinite(loss):
-                self._nonfinite(loss)
+            if not self.nonfinite.check(loss):
+                self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
                 continue
-            self.nonfinite = 0
             self.scaler.scale(loss / self.o.grad_accum).backward()
-            if (i + 1) % self.o.grad_accum == 0 or i + 1 == len(loader):
+            stepped = (i + 1) % self.o.grad_accum == 0 or i + 1 == len(loader)
+            if stepped:
                 self._step()
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
+            if stepped and self.stop and i + 1 < len(loader):
+                pos.batch, pos.loss_sum, pos.loss_count = i + 1, total, count
+                self.save_last(pos)
+                raise Interrupted(self.stop.signum, self.dir, f"after batch {i + 1}/{len(loader)} of epoch "
+                                  f"{pos.epoch + 1}; the checkpoint holds that position")
+        pos.batch, pos.loss_sum, pos.loss_count = 0, 0.0, 0
         return (total / count if count else float("nan")), self.opt.param_groups[-1]["lr"]
-
-    def _nonfinite(self, loss) -> None:
-        self.nonfinite += 1
-        self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
-        if self.nonfinite >= self.o.max_nonfinite:
-            raise TrainingDiverged(
-                f"loss was {loss.item()} for {self.nonfinite} batches in a row: lower the stage's lr, "
-                "set train.clip_grad, or check the data for bad labels")
 
     def _step(self) -> None:
         if self.o.clip_grad:
@@ -179,28 +165,29 @@ class _Trainer:
 
     # ----- checkpoints -------------------------------------------------------------------
     def save_last(self, pos: Position) -> None:
-        checkpoint.save_state(self.dir / "checkpoints" / "last.pt", {
+        checkpoint.save_state(self.dir / LAST, {
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "position": {k: v for k, v in vars(pos).items() if k != "history"},
+            "position": pos.state(),
             "history": pos.history,
             "rng": checkpoint.rng_state(),
-            "nonfinite": self.nonfinite,
+            "nonfinite": self.nonfinite.count,
         })
 
     def save_best(self) -> None:
-        checkpoint.save_weights(self.dir / "checkpoints" / "best.safetensors", self.eval_model.state_dict())
+        checkpoint.save_weights(self.dir / BEST, self.eval_model.state_dict())
 
 
 def _restore(trainer: _Trainer, saved: dict) -> Position:
     trainer.model.load_state_dict(saved["model"])
     if trainer.ema is not None and saved["ema"] is not None:
         trainer.ema.load_state_dict(saved["ema"])
-    trainer.nonfinite = saved["nonfinite"]
+    trainer.nonfinite.count = saved["nonfinite"]
     checkpoint.set_rng_state(saved["rng"])
+    trainer.resume_rng = saved["rng"]
     return Position(**saved["position"], history=list(saved["history"]))
 
 
@@ -208,14 +195,14 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
         opts: FitOptions, run_dir: str | Path, device: torch.device, resume: bool = False) -> Position:
     """Run every stage in order; ``resume`` continues from ``run_dir/checkpoints/last.pt``."""
     trainer = _Trainer(model, groups, stages, hooks, opts, run_dir, device)
-    saved = checkpoint.load_state(Path(run_dir) / "checkpoints" / "last.pt") if resume else None
+    saved = checkpoint.load_state(Path(run_dir) / LAST) if resume else None
     pos = _restore(trainer, saved) if saved else Position()
-    writer = _tensorboard(Path(run_dir) / "tb", purge_step=pos.epoch)
+    writer = tensorboard(Path(run_dir) / "tb", purge_step=pos.epoch)
     try:
         while pos.stage < len(stages):
             _run_stage(trainer, pos, saved, writer)
             saved = None
-            pos.stage, pos.stage_epoch, pos.stage_best, pos.stale = pos.stage + 1, 0, None, 0
+            pos.next_stage()
     finally:
         if writer is not None:
             writer.close()
@@ -231,51 +218,30 @@ def _run_stage(t: _Trainer, pos: Position, saved: dict | None, writer) -> None:
         seed_everything(t.o.seed + pos.epoch)
         loader = t.hooks.train_loader(pos.epoch)
         desc = f"stage {pos.stage} epoch {pos.stage_epoch + 1}/{stage.epochs}"
-        train_loss, lr = t.train_epoch(loader, desc)
+        train_loss, lr = t.train_epoch(loader, desc, pos)
         metrics = t.hooks.evaluate(t.eval_model)
         row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, "train/loss": train_loss, **metrics}
-        pos.history.append(row)
-        pos.epoch, pos.stage_epoch = pos.epoch + 1, pos.stage_epoch + 1
-        stop = _track(t, pos, metrics)
-        if stop:
-            pos.stage_epoch = stage.epochs
-        t.save_last(pos)
-        report.write_history(t.dir / "history.csv", pos.history)
-        _log(row, writer, stop, t.o)
-        for callback in t.hooks.on_epoch_end:
-            callback(pos)
+        end_epoch(pos, row, t.o.selection, stage.epochs, t.dir, t.save_best, lambda: t.save_last(pos),
+                  t.hooks.on_epoch_end, writer)
+        if t.stop:  # it came during the epoch's last step or its evaluation: the epoch's checkpoint is written
+            raise Interrupted(t.stop.signum, t.dir, f"after epoch {pos.epoch}")
 
 
-def _track(t: _Trainer, pos: Position, metrics: dict[str, float]) -> bool:
-    """Best checkpoint over the whole run; early stop (True) when this stage stalls."""
-    key = t.o.select_metric
-    if key not in metrics:
-        raise UserError(f"metric '{key}' is not computed for this task; choose one of: {', '.join(metrics)}")
-    value = metrics[key]
-    if _better(value, pos.best, t.mode):
-        pos.best, pos.best_epoch = value, pos.epoch
-        t.save_best()
-    if _better(value, pos.stage_best, t.mode):
-        pos.stage_best, pos.stale = value, 0
-    else:
-        pos.stale += 1
-    return t.o.early_stop_patience is not None and pos.stale >= t.o.early_stop_patience
+class NonFinite:
+    """The non-finite-loss guard: skip such a batch; stop after ``limit`` in a row (TrainingDiverged)."""
 
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
 
-def _tensorboard(path: Path, purge_step: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but a broken install should not stop training
-        return None
-    return SummaryWriter(str(path), purge_step=purge_step)
-
-
-def _log(row: dict, writer, stopped: bool, opts: FitOptions) -> None:
-    if writer is not None:
-        for key, value in row.items():
-            if key not in ("epoch", "stage") and isinstance(value, (int, float)):
-                writer.add_scalar(key, value, row["epoch"])
-        writer.flush()
-    shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "stage") and isinstance(v, float))
-    note = f" (no gain in {opts.select_metric} for {opts.early_stop_patience} epochs: next stage)" if stopped else ""
-    tqdm.write(f"epoch {row['epoch']} stage {row['stage']}: {shown}{note}")
+    def check(self, loss) -> bool:
+        """True when ``loss`` is finite (train on it); False to skip the batch; raises at the limit."""
+        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+        if math.isfinite(value):
+            self.count = 0
+            return True
+        self.count += 1
+        if self.count >= self.limit:
+            raise TrainingDiverged(
+                f"loss was {value} for {self.count} batches in a row: lower the stage's lr, "
+                "set train.clip_grad, or check the data for bad labels")
+        return False

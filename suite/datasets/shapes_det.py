@@ -23,7 +23,7 @@ from suite.core.checkpoint import atomic_write_text
 from suite.datasets.shapes import (
     _PARTIAL, SPLITS, _background, _check_classes, _check_count, _claim, _mask, _pose, _shape_colour,
 )
-from suite.detection.data import yolo_label_text
+from suite.datasets.formats import yolo_label_text
 
 FORMAT = 1  # stored in shapes.json; bump when rendering changes so an old folder is not reused
 SCALE = (0.10, 0.45)  # outline diameter as a fraction of the image side

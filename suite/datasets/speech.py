@@ -31,7 +31,7 @@ from tqdm import tqdm
 from suite.core.checkpoint import atomic_write, atomic_write_text
 from suite.datasets.shapes import _check_count, _claim  # one rule for counts and for claiming a folder
 from suite.errors import UserError
-from suite.recipe import SENTENCE_STYLES
+from suite.datasets import SENTENCE_STYLES
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

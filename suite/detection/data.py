@@ -1,7 +1,7 @@
 """Detection datasets (Ultralytics YOLO folders, COCO json), scanned up front, and converted both ways.
 
 Every image is decoded once and every label row checked before training. An image with a problem is
-skipped and counted in a ``DetScanReport``; a row that is only redundant (an exact duplicate) or empty (a box
+skipped and counted in the ``ScanReport``; a row that is only redundant (an exact duplicate) or empty (a box
 under a pixel) is dropped and counted. Boxes are xyxy float32 in absolute pixels of the upright image (EXIF
 orientation applied, as Ultralytics and ``ImageOps.exif_transpose`` see it), whatever the source format.
 
@@ -14,26 +14,23 @@ from __future__ import annotations
 import glob
 import json
 import os
-import random
 import shutil
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import yaml
-from PIL import Image
 from tqdm.auto import tqdm
 
 from suite.core.checkpoint import atomic_write_text
-from suite.core.scan import ScanReport
+from suite.core.data import ScanReport, check_image, check_val_split, open_image, scan_workers, split_indices, \
+    strict_decoding
+from suite.datasets.formats import yolo_label_text
 from suite.errors import UserError
-from suite.vision.data import _strict_decoding  # one rule for truncated images
 
 SPLITS = ("train", "val", "test")
 FORMATS = ("yolo", "coco")
@@ -52,9 +49,7 @@ UNKNOWN_CATEGORY, MALFORMED_ANNOTATION = "unknown category id", "malformed annot
 # What is dropped from a kept image.
 DUPLICATES, DEGENERATE, CROWD = "duplicate rows", "degenerate boxes", "crowd annotations"
 
-_EXAMPLES = 5
 _PROGRESS_MIN = 500
-_DRAFT = 128  # JPEGs are decoded at reduced DCT scale: every byte is still checked, 8x less work
 
 
 # ----------------------------------------------------------------------------- data classes
@@ -71,70 +66,14 @@ class Sample:
     height: int
 
 
-@dataclass
-class SplitScan:
-    """What the scan did to one split."""
-
-    found: int = 0
-    kept: int = 0
-    background: int = 0  # kept images without boxes (an empty label file, an image without annotations)
-    skipped: Counter = field(default_factory=Counter)  # reason -> images
-    removed: Counter = field(default_factory=Counter)  # DUPLICATES | DEGENERATE | CROWD ... -> rows
-
-    def describe(self, split: str) -> str:
-        text = f"{split} {self.found} image{'s' * (self.found != 1)}, {self.kept} kept"
-        if self.skipped:
-            text += f", {sum(self.skipped.values())} skipped ({_counts(self.skipped)})"
-        text += "".join(f", {n} {kind} removed" for kind, n in sorted(self.removed.items()) if n)
-        return text + (f", {self.background} background" if self.background else "")
-
-
-@dataclass
-class DetScanReport(ScanReport):
-    """Per-split counts, the first few skipped files, and notes such as a val split held out of train."""
-
-    split_type: ClassVar[type] = SplitScan
-
-    @property
-    def background(self) -> int:
-        return sum(s.background for s in self.splits.values())
-
-    @property
-    def removed(self) -> Counter:
-        return sum((s.removed for s in self.splits.values()), Counter())
-
-    def record(self, split: str, image: Path, sample: Sample | None, reason: str | None, removed: Counter) -> None:
-        counts = self.split(split)
-        counts.found += 1
-        if sample is None:
-            counts.skipped[reason] += 1
-            if len(self.example_pairs) < _EXAMPLES:
-                self.example_pairs.append((str(image), reason))
-            return
-        counts.kept += 1
-        counts.background += not len(sample.boxes)
-        counts.removed.update(removed)
-
-    def summary(self) -> str:
-        """One line: 'train 120 images, 118 kept, 2 skipped (1 corrupt image, 1 class id >= nc), 3 duplicate rows
-        removed, 4 background; val 30 images, 30 kept'."""
-        parts = [self.splits[s].describe(s) for s in SPLITS if s in self.splits]
-        return "; ".join(parts + self.notes)
-
-
-
 @dataclass(eq=False)
 class DetectionData:
     labels: list[str]  # class names in id order
     train: list[Sample]
     val: list[Sample]
     test: list[Sample] | None
-    report: DetScanReport
+    report: ScanReport
     source: Path  # the data.yaml, or the COCO root
-
-
-def _counts(counter: Counter) -> str:
-    return ", ".join(f"{n} {key}" for key, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # ----------------------------------------------------------------------------- the scan
@@ -150,39 +89,19 @@ class _Skip(Exception):
 RowsFn = Callable[[int, int, Counter], tuple[np.ndarray, np.ndarray, tuple[float, float]]]
 
 
-def _pil_open(path: Path) -> Image.Image:
-    """PIL's own ``Image.open``. Importing Ultralytics replaces it with one that pip-installs pi-heif the first
-    time a file is not an image: a corrupt file in the user's data must not start an install."""
-    opener = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", Image.open)
-    return opener(path)
-
-
-def _orientation(image: Image.Image) -> int | None:
-    try:
-        return image.getexif().get(274)
-    except Exception:  # malformed EXIF costs the orientation, not the image
-        return None
-
-
 def _image_size(path: Path) -> tuple[int, int]:
     """Decode ``path`` fully and return its upright (width, height), as Ultralytics' ``exif_size``."""
     try:
-        with _pil_open(path) as image:
-            kind, (width, height), orientation = (image.format or "").lower(), image.size, _orientation(image)
-            if kind == "jpeg":
-                image.draft(image.mode, (_DRAFT, _DRAFT))
-            image.load()
+        info = check_image(path)
     except FileNotFoundError:
         raise _Skip(MISSING_IMAGE) from None
     except Exception:  # any decoder failure means "skip this file", never "stop the run"
         raise _Skip(CORRUPT) from None
-    if kind not in IMG_FORMATS | {"jpeg2000"}:
+    if info.format not in IMG_FORMATS | {"jpeg2000"}:
         raise _Skip(UNSUPPORTED)
-    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees
-        width, height = height, width
-    if min(width, height) < MIN_SIDE:
+    if min(info.width, info.height) < MIN_SIDE:
         raise _Skip(TOO_SMALL)
-    return width, height
+    return info.width, info.height
 
 
 def _clean_boxes(classes: np.ndarray, xyxy: np.ndarray, width: int, height: int, tolerance: tuple[float, float],
@@ -216,37 +135,29 @@ def _scan_one(job: tuple[Path, RowsFn]) -> tuple[Sample | None, str | None, Coun
     return Sample(image, boxes, labels, width, height), None, removed
 
 
-def _scan(split: str, jobs: list[tuple[Path, RowsFn]], report: DetScanReport) -> list[Sample]:
+def _scan(split: str, jobs: list[tuple[Path, RowsFn]], report: ScanReport) -> list[Sample]:
     """Check every (image, rows) job; record each in ``report`` and return the kept samples in order."""
     kept: list[Sample] = []
     report.split(split)  # an empty split is still reported
-    with _strict_decoding(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # decoding frees the GIL
+    with strict_decoding(), ThreadPoolExecutor(scan_workers()) as pool:
         results = tqdm(pool.map(_scan_one, jobs), total=len(jobs), desc=f"scanning {split}", unit="img",
                        disable=len(jobs) < _PROGRESS_MIN, leave=False)
         for (image, _), (sample, reason, removed) in zip(jobs, results):
-            report.record(split, image, sample, reason, removed)
-            if sample is not None:
-                kept.append(sample)
+            if sample is None:
+                report.skip(split, image, reason)
+                continue
+            report.keep(split, background=not len(sample.boxes), removed=removed)
+            kept.append(sample)
     return kept
-
-
-def _check_val_split(val_split: float) -> None:
-    if not 0 < val_split < 1:
-        raise UserError(f"data.val_split must be between 0 and 1 (got {val_split}); it is the fraction of "
-                        "the training images held out for validation when the data has no val split")
 
 
 def _hold_out(samples: list[Sample], val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """A seeded (train, val) split, each in the original order; val gets at least 1 and never all."""
-    n = len(samples)
-    n_val = min(max(1, int(n * val_split + 0.5)), n - 1) if n >= 2 else 0
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n_val])
-    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+    train_idx, val_idx = split_indices([0] * len(samples), val_split, seed, stratify=False)
+    return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
 
-def _finish(names: list[str], splits: dict[str, list[Sample]], report: DetScanReport, source: Path,
+def _finish(names: list[str], splits: dict[str, list[Sample]], report: ScanReport, source: Path,
             val_split: float, seed: int) -> DetectionData:
     """Hold out a val split when there is none, and refuse data with nothing left to train or validate on."""
     train = splits.get("train", [])
@@ -449,7 +360,7 @@ def load_yolo(path: str | os.PathLike, val_split: float = 0.2, seed: int = 0) ->
     images; labels are found by Ultralytics' rule (the last ``/images/`` becomes ``/labels/``). Without a val
     split, ``val_split`` of the kept training images is held out with ``seed``.
     """
-    _check_val_split(val_split)
+    check_val_split(val_split)
     file = _find_yaml(Path(path))
     spec = _read_yaml(file)
     names = _class_names(spec, file)
@@ -457,7 +368,7 @@ def load_yolo(path: str | os.PathLike, val_split: float = 0.2, seed: int = 0) ->
     pose_length = _keypoint_row_length(spec)
     if not spec.get("train"):
         raise UserError(f"{file} has no train: key; add train: images/train (a folder of images)")
-    report, splits = DetScanReport(), {}
+    report, splits = ScanReport(unit="image"), {}
     for split in SPLITS:
         paths = _split_paths(spec, root, file, split)
         if paths is None:
@@ -472,7 +383,7 @@ def load_yolo(path: str | os.PathLike, val_split: float = 0.2, seed: int = 0) ->
 # ----------------------------------------------------------------------------- COCO json
 
 
-def _coco_files(root: Path, report: DetScanReport) -> dict[str, Path]:
+def _coco_files(root: Path, report: ScanReport) -> dict[str, Path]:
     """split -> annotation json: instances_{split}.json, {split}.json, else the one *{split}*.json."""
     folder = root / "annotations" if (root / "annotations").is_dir() else root
     files = {}
@@ -542,7 +453,7 @@ def _coco_rows(annotations: list[dict], index: dict[int, int], width: int, heigh
 
 
 def _coco_jobs(root: Path, split: str, file: Path, spec: dict, index: dict[int, int],
-               report: DetScanReport) -> list[tuple[Path, RowsFn]]:
+               report: ScanReport) -> list[tuple[Path, RowsFn]]:
     by_image: dict = {}
     for annotation in spec["annotations"]:
         by_image.setdefault(annotation.get("image_id"), []).append(annotation)
@@ -565,11 +476,11 @@ def load_coco(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) ->
     Classes are the categories sorted by id. Crowd annotations are dropped and counted. Without a val split,
     ``val_split`` of the kept training images is held out with ``seed``.
     """
-    _check_val_split(val_split)
+    check_val_split(val_split)
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder: point data.root at the folder holding annotations/*.json")
-    report, splits = DetScanReport(), {}
+    report, splits = ScanReport(unit="image"), {}
     files = _coco_files(root, report)
     specs = {split: _read_coco(file) for split, file in files.items()}
     categories = _categories(specs["train"], files["train"])
@@ -585,6 +496,38 @@ def load_coco(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) ->
             raise UserError(f"{file} lists other categories than {files['train'].name}; all splits need the same")
         splits[split] = _scan(split, _coco_jobs(root, split, file, spec, index, report), report)
     return _finish([name for _, name in categories], splits, report, root, val_split, seed)
+
+
+PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
+
+
+def load_pennfudan(root: str | os.PathLike) -> DetectionData:
+    """Penn-Fudan pedestrians (PNGImages/ + PedMasks/): every image as training data, boxes from the instance
+    masks, one class (person); ``val_split`` holds out validation when it is loaded for training."""
+    root = Path(root)
+    images, masks = root / "PNGImages", root / "PedMasks"
+    if not images.is_dir() or not masks.is_dir():
+        raise UserError(f"{root} is not the Penn-Fudan folder (PNGImages/ and PedMasks/ expected); "
+                        f"download {PENNFUDAN_URL} and unzip it")
+    report, samples = ScanReport(unit="image"), []
+    for image in sorted(images.glob("*.png")):
+        mask_file = masks / f"{image.stem}_mask.png"
+        if not mask_file.is_file():
+            report.skip("train", image, "missing mask")
+            continue
+        with open_image(mask_file) as m:
+            mask = np.asarray(m)
+        boxes = []
+        for instance in np.unique(mask)[1:]:  # 0 is background; each other value is one pedestrian
+            ys, xs = np.nonzero(mask == instance)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        box_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        samples.append(Sample(image, box_array, np.zeros(len(box_array), dtype=np.int64), mask.shape[1],
+                              mask.shape[0]))
+        report.keep("train", background=not len(box_array))
+    if not samples:
+        raise UserError(f"no images with masks in {images}; download {PENNFUDAN_URL} and unzip it")
+    return DetectionData(labels=["person"], train=samples, val=[], test=None, report=report, source=root)
 
 
 def load_detection(fmt: str, root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> DetectionData:
@@ -637,7 +580,7 @@ def _extension(path: Path) -> str:
     """The file's extension if Ultralytics reads it, else one named after its content."""
     if path.suffix[1:].lower() in IMG_FORMATS:
         return path.suffix
-    with _pil_open(path) as image:
+    with open_image(path) as image:
         kind = (image.format or "").lower()
     return "." + {"jpeg": "jpg", "mpo": "jpg", "jpeg2000": "jp2"}.get(kind, kind)
 
@@ -674,15 +617,6 @@ def _link_images(samples: list[Sample], sources: list[Path], folder: Path, link:
     for source, name in zip(sources, names):
         _place(source, folder / name, link)
     return names
-
-
-def yolo_label_text(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -> str:
-    """Label file rows 'cls cx cy w h', normalized; 8 significant digits keep 1e-4 px on a 10k px image."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    cx, cy = (b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height
-    w, h = (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height
-    rows = zip(np.asarray(labels).tolist(), cx.tolist(), cy.tolist(), w.tolist(), h.tolist())
-    return "".join(f"{c} {x:.8g} {y:.8g} {bw:.8g} {bh:.8g}\n" for c, x, y, bw, bh in rows)
 
 
 def write_yolo(data: DetectionData, out: str | os.PathLike, link: bool = True) -> Path:

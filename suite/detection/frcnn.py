@@ -15,9 +15,10 @@ from torchvision import tv_tensors
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.transforms import v2
 
-from suite.core.groups import ParamGroup
+from suite.core import weights as W
+from suite.core.export import Axis, OnnxIO
+from suite.core.groups import ParamGroup, make_groups
 from suite.core.metrics import DetectionEvaluator, EvalResult
-from suite.errors import UserError
 
 ARCHS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
          "fasterrcnn_mobilenet_v3_large_320_fpn")
@@ -28,43 +29,38 @@ def is_frcnn(arch: str) -> bool:
     return arch in ARCHS
 
 
+HEAD = "roi_heads.box_predictor."
+
+
 def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | None = None) -> nn.Module:
     """torchvision's model with a new box predictor for ``len(labels)`` classes (+ background).
 
     ``weights``: ``none``, ``DEFAULT`` or an enum name (COCO detection weights from the torch hub cache),
     ``backbone`` (ImageNet backbone only), or a .pth/.safetensors state_dict (e.g. a suite run).
     """
-    from suite.vision import models as vm
-
     builder = getattr(torchvision.models.detection, arch)
     n = len(labels) + 1
     size = {} if min_size is None else {"min_size": min_size, "max_size": max(min_size, round(min_size * 1333 / 800))}
     kw = dict(box_score_thresh=SCORE_THRESH, **size)
-    file = weights not in ("none", "backbone") and vm._is_file_spec(weights)
-    if weights in ("none", "backbone") or file:
-        backbone = None
-        if weights == "backbone":
-            backbone = _backbone_enum(arch)
-            vm._cached_enum_file(arch, backbone)  # offline: a clear error naming the file
-        model = builder(weights=None, weights_backbone=backbone, num_classes=n, **kw)
-        if file:
-            state = vm.read_state_dict(weights)
-            own = model.state_dict()
-            body = {k: v for k, v in state.items() if not k.startswith("roi_heads.box_predictor.")}
-            bad = [k for k in own if k not in body and not k.startswith("roi_heads.box_predictor.")]
-            if bad:
-                raise UserError(f"weights file {weights} does not fit {arch}: missing {', '.join(bad[:3])}")
-            head = {k: v for k, v in state.items() if k.startswith("roi_heads.box_predictor.")}
-            same_head = all(k in own and own[k].shape == v.shape for k, v in head.items()) and head
-            model.load_state_dict(state if same_head else body, strict=False)
-            freeze_backbone_norms(model)  # a trained backbone: its statistics stay as they are
+    source = W.parse(weights)
+    if source.kind == W.NAME and source.value != "backbone":
+        enum = W.torchvision_enum(arch, source.value)
+        W.cached_enum_file(arch, enum)  # in the hub cache now (or a clear error), so the builder reads it offline
+        # the builder itself, so the backbone gets FrozenBatchNorm2d exactly as torchvision does for trained weights
+        model = builder(weights=enum, **kw)
+        in_features = model.roi_heads.box_predictor.cls_score.in_features
+        model.roi_heads.box_predictor = FastRCNNPredictor(in_features, n)  # the new head for our classes
         return model
-    enum = vm._resolve_enum(arch, weights)
-    vm._cached_enum_file(arch, enum)  # in the hub cache now (or a clear error), so the builder reads it offline
-    # the builder itself, so the backbone gets FrozenBatchNorm2d exactly as torchvision does for trained weights
-    model = builder(weights=enum, **kw)
-    in_features = model.roi_heads.box_predictor.cls_score.in_features
-    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, n)  # the new head for our classes
+    backbone = None
+    if source.kind == W.NAME:  # "backbone": ImageNet weights for the backbone only
+        backbone = _backbone_enum(arch)
+        W.cached_enum_file(arch, backbone)  # offline: a clear error naming the file
+    if source.kind == W.FILE:
+        W.check_file(source.value)
+    model = builder(weights=None, weights_backbone=backbone, num_classes=n, **kw)
+    if source.kind == W.FILE:
+        W.load_file(model, source.value, [HEAD], arch)
+        freeze_backbone_norms(model)  # a trained backbone: its statistics stay as they are
     return model
 
 
@@ -108,12 +104,7 @@ def groups(model: nn.Module) -> list[ParamGroup]:
         blocks += [(f"backbone.layer{i + 1}", rest[i * size:(i + 1) * size]) for i in range(4)]
     blocks += [("fpn", [model.backbone.fpn]), ("rpn", [model.rpn]), ("roi_heads", [model.roi_heads.box_head]),
                ("head", [model.roi_heads.box_predictor])]
-    out = []
-    for name, modules in blocks:
-        params = [p for m in modules for p in m.parameters()]
-        if params:
-            out.append(ParamGroup(name, params, modules))
-    return out
+    return make_groups([(name, modules, []) for name, modules in blocks])
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -222,23 +213,10 @@ def export_meta(labels: Sequence[str]) -> dict:
             "postprocess": {"type": "boxes", "score_threshold": SCORE_THRESH, "label_offset": 1, "max_det": 100}}
 
 
-def export_torchscript(model: nn.Module, example: torch.Tensor, path, opset: int) -> str:
-    """torch.onnx's TorchScript exporter: the one known to work for torchvision detection (batch 1, any H/W)."""
-    import warnings
-
-    import onnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = model if isinstance(model, ExportWrapper) else ExportWrapper(model)
-        torch.onnx.export(module.cpu(), (example,), str(path), dynamo=False, opset_version=min(opset, 18),
-                          input_names=["images"], output_names=["boxes", "labels", "scores"],
-                          dynamic_axes={"images": {1: "height", 2: "width"}, "boxes": {0: "n"}, "labels": {0: "n"},
-                                        "scores": {0: "n"}})
-    onnx.checker.check_model(str(path))
-    return "torch.onnx torchscript"
-
-
+# torchvision detection exports with the TorchScript exporter only (batch 1, any H/W, NMS in the graph)
+EXPORT_IO = OnnxIO(input="images", outputs=("boxes", "labels", "scores"), axes={1: Axis("height"), 2: Axis("width")},
+                   output_axes={"boxes": {0: "n"}, "labels": {0: "n"}, "scores": {0: "n"}}, exporters=("torchscript",),
+                   max_opset=18)
 
 
 def tensor_parity(module: nn.Module, bundle, example: torch.Tensor, atol: float) -> dict:

@@ -1,6 +1,7 @@
 """The detection modality: YOLO (Ultralytics runs each stage) and Faster R-CNN (our loop), one contract."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from suite.core.export import ExportSpec
+from suite.core.export import ExportSpec, OnnxModel, as_bundle
 from suite.core.groups import ParamGroup
 from suite.core.loop import Hooks
 from suite.core.metrics import DetectionEvaluator, EvalResult, check_metric_names
@@ -82,11 +83,11 @@ class DetectionModality:
             raise UserError(f"data.root is empty; point it at your data: -s data.root=PATH ({fmt})")
         return ddata.load_detection(fmt, root, d.val_split, recipe.train.seed)
 
-    def build_model(self, recipe: Recipe, data, weights: str) -> nn.Module:
+    def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         arch = recipe.model.arch
         if _kind(recipe) == "yolo":
-            return yolo.build_model(arch, list(data.labels), weights)
-        model = frcnn.build_model(arch, data.labels, weights, recipe.data.image_size)
+            return yolo.build_model(arch, list(labels), weights)
+        model = frcnn.build_model(arch, labels, weights, recipe.data.image_size)
         if weights == "none" and recipe.model.weights != "none":  # reloading a run: the same norm layers
             frcnn.freeze_backbone_norms(model)
         return model
@@ -97,15 +98,16 @@ class DetectionModality:
     def default_metric(self, recipe: Recipe) -> str:
         return "val/map50_95"
 
-    def own_loop(self, recipe: Recipe, data):
+    def trainer(self, recipe: Recipe, data):
         """YOLO: Ultralytics' trainer runs every stage. Faster R-CNN: None, our loop runs."""
-        if _kind(recipe) != "yolo":
-            return None
+        return functools.partial(yolo.train, recipe, staged_yaml(data)) if _kind(recipe) == "yolo" else None
 
-        def run(model, groups, run_dir: Path, device: torch.device, select_metric: str, on_epoch_end=()):
-            yolo.train(recipe, model, groups, staged_yaml(data), run_dir, device, select_metric, on_epoch_end)
+    def models(self) -> list[str]:
+        return [*(f"{a}  (detection, torchvision)" for a in frcnn.ARCHS),
+                "yolo11n|s|m|l|x, yolov8n, ...  (detection, Ultralytics)"]
 
-        return run
+    def task_for(self, arch: str) -> str | None:
+        return "detection" if yolo.is_yolo(arch) or frcnn.is_frcnn(arch) else None
 
     def hooks(self, recipe: Recipe, data, device: torch.device) -> Hooks:
         tf = frcnn.train_transforms(recipe.data.augment)
@@ -139,7 +141,7 @@ class DetectionModality:
             out.append(plot_predictions(result.extra["predictions"], data.labels, plot_dir / "predictions_val.png"))
         return out
 
-    def report_sections(self, result: EvalResult) -> list[tuple[str, str]]:
+    def report_sections(self, recipe: Recipe, result: EvalResult) -> list[tuple[str, str]]:
         title, text = yolo.agreement_section(result)
         return [(title, text)] if title else []
 
@@ -157,8 +159,6 @@ class DetectionModality:
 
     def evaluate_bundle(self, recipe: Recipe, bundle, data, split: str) -> dict[str, float] | None:
         """mAP of an exported bundle on a split, through suite_runtime end to end (`suite eval --onnx`)."""
-        from suite.core.export import OnnxModel
-
         samples = getattr(data, split)
         if not samples:
             return None
@@ -179,13 +179,14 @@ class DetectionModality:
         if _kind(recipe) == "yolo":
             size = _imgsz(recipe)
             example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-            return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95",
+            return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95", io=yolo.EXPORT_IO,
                               calibration=lambda n: _calibration(data.train, n, meta), module=module,
                               parity_batches=(1, 3), relative_atol=True, quant_exclude=yolo.quant_exclude,
                               extra={"outputs": [{"name": "logits", "shape": ["batch", 4 + len(labels), "anchors"]}]})
         example = _example_image(samples)
         return ExportSpec(meta=meta, example=example, evaluate=evaluate, metric="val/map50_95", module=module,
-                          export=frcnn.export_torchscript, parity_batches=(),
+                          io=frcnn.EXPORT_IO, parity_batches=(), bench_item=tuple(example.shape),
+                          bench_batch_axis=False,  # one [3, H, W] image per call: timed at batch 1
                           quantizable=("int8-dynamic",),  # the box head's Linear layers; static int8 breaks NMS
                           tensor_check=frcnn.tensor_parity,
                           extra={"input": {"name": "images", "shape": [3, "height", "width"], "dtype": "float32",
@@ -216,9 +217,7 @@ def _calibration(samples, n: int, meta: dict):
 
 def runtime_map(m, samples, labels: list[str], meta: dict, spec_input: list, outputs: list[str]) -> dict[str, float]:
     """mAP of ``m`` (a torch module or an OnnxModel) through suite_runtime's Bundle.predict on ``samples``."""
-    from suite.core.export import as_bundle
-
-    bundle = as_bundle(m, meta, spec_input, outputs)
+    bundle = as_bundle(m, meta, spec_input, outputs, "images")
     is_yolo = meta["postprocess"]["type"] == "yolo"  # mAP as Ultralytics' validator: conf 0.001, multi-label
     kw = {"conf": yolo.VAL_CONF, "multi_label": True} if is_yolo else {}
     ev = DetectionEvaluator(labels)

@@ -14,6 +14,7 @@ from the raw model, so a frozen layer is bitwise the same before and after its s
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import re
@@ -22,10 +23,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from suite.core import checkpoint, report
-from suite.core.groups import ParamGroup, group_names, make_optimizer, set_trainable
+from suite.core import checkpoint
+from suite.core import weights as W
+from suite.core.export import OnnxIO
+from suite.core.groups import ParamGroup, group_names, make_groups, make_optimizer, optimizer_groups, set_trainable
+from suite.core.loop import FitOptions, NonFinite
 from suite.core.metrics import DetectionEvaluator, EvalResult
 from suite.core.schedule import Stage, group_lrs, trainable_groups
+from suite.core.stages import BEST, LAST, Interrupted, Position, end_epoch, stop_requested
 from suite.errors import UserError
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # we resolve weights ourselves; training never reaches a hub
@@ -58,10 +63,15 @@ def build_model(arch: str, labels: list[str], weights: str):
     _ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
+    quiet = logging.getLogger("ultralytics")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # "Overriding model.yaml nc=80 with nc=3" is the point of a new head
     try:
         model = DetectionModel(f"{arch}.yaml", nc=len(labels), verbose=False)
     except FileNotFoundError:
         raise UserError(f"model.arch '{arch}': Ultralytics has no {arch}.yaml; try yolo11n, yolo11s, yolov8n") from None
+    finally:
+        quiet.setLevel(level)
     model.names = dict(enumerate(labels))
     if weights != "none":
         _load_weights(model, weights, arch)
@@ -70,16 +80,8 @@ def build_model(arch: str, labels: list[str], weights: str):
 
 def _load_weights(model, weights: str, arch: str) -> None:
     path = _resolve(weights)
-    if path.suffix == ".safetensors":  # a suite run of a YOLO model, maybe with other classes
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-        own = model.state_dict()
-        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if len(fits) < len(own) // 2:
-            raise UserError(f"model.weights {path}: only {len(fits)}/{len(own)} tensors fit {arch}; "
-                            "was it trained with another model.arch?")
-        model.load_state_dict(fits, strict=False)
+    if path.suffix != ".pt":  # a state_dict (e.g. a suite run of a YOLO model, maybe with other classes)
+        W.load_file(model, path, head_prefixes(model), arch)
         return
     from ultralytics.nn.tasks import load_checkpoint
 
@@ -89,8 +91,18 @@ def _load_weights(model, weights: str, arch: str) -> None:
     model.load(source, verbose=False)  # transfers every tensor whose shape fits (all but the class branch)
 
 
+CLASS_BRANCH = re.compile(r"(one2one_)?cv3\.\d+\.2$")  # Detect's last conv of each class branch: nc outputs
+
+
+def head_prefixes(model) -> list[str]:
+    """State-dict prefixes of what depends on the number of classes: Detect's final class convolutions."""
+    last = len(model.model) - 1
+    return [f"model.{last}.{name}." for name, _ in model.model[-1].named_modules() if CLASS_BRANCH.search(name)]
+
+
 def _resolve(weights: str) -> Path:
-    path = Path(weights).expanduser()
+    source = W.parse(weights)
+    path = Path(source.value)
     if path.is_file():
         return path
     from ultralytics.utils import SETTINGS
@@ -107,14 +119,9 @@ def groups(model) -> list[ParamGroup]:
     """``backbone.I`` for the backbone's layers, ``neck.I`` for the rest, ``head`` for Detect (I = layer index)."""
     n_backbone = len(model.yaml["backbone"])
     layers = list(model.model)
-    out = []
-    for i, layer in enumerate(layers):
-        params = list(layer.parameters())
-        if not params:  # Upsample, Concat
-            continue
-        name = "head" if i == len(layers) - 1 else f"backbone.{i}" if i < n_backbone else f"neck.{i}"
-        out.append(ParamGroup(name, params, [layer]))
-    return out
+    names = ["head" if i == len(layers) - 1 else f"backbone.{i}" if i < n_backbone else f"neck.{i}"
+             for i in range(len(layers))]
+    return make_groups([(name, [layer], []) for name, layer in zip(names, layers)])  # Upsample, Concat dropped
 
 
 def _layer_index(group: ParamGroup, model) -> int:
@@ -128,30 +135,38 @@ def _trainer_class():
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     class SuiteTrainer(DetectionTrainer):
-        """Ultralytics' detection trainer with our optimizer groups; the run dir and best weights are ours."""
+        """Ultralytics' detection trainer with our optimizer groups and non-finite-loss guard; the run dir
+        and best weights are ours."""
 
         suite_groups: list[ParamGroup] = []
         suite_lrs: dict[str, float] = {}
-        suite_optim: tuple[str, float, float] = ("sgd", 5e-4, 0.9)
+        suite_opts: FitOptions = FitOptions()
+        suite_guard: NonFinite = NonFinite(10)
 
         def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-            norm = tuple(v for k, v in nn.__dict__.items() if "Norm" in k)
-            optim, weight_decay, mom = self.suite_optim
-            param_groups = []
-            for g in self.suite_groups:
-                if g.name not in self.suite_lrs:
-                    continue
-                decayed, plain = [], []
-                for layer in g.modules:
-                    for m in layer.modules():
-                        for pname, p in m.named_parameters(recurse=False):
-                            if p.requires_grad:  # Ultralytics always freezes the DFL's fixed conv
-                                (plain if pname == "bias" or isinstance(m, norm) else decayed).append(p)
-                lr_g = self.suite_lrs[g.name]
-                for params, wd, suffix in ((decayed, weight_decay, ""), (plain, 0.0, "/no_decay")):
-                    if params:
-                        param_groups.append({"params": params, "lr": lr_g, "weight_decay": wd, "name": g.name + suffix})
-            return make_optimizer(optim, param_groups, mom)
+            o = self.suite_opts
+            return make_optimizer(o.optimizer, optimizer_groups(self.suite_groups, self.suite_lrs, o.weight_decay),
+                                  o.momentum)
+
+        def optimizer_step(self):
+            """Skip a step whose gradients are not finite (what gathered since the last step is dropped)."""
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if all(torch.isfinite(p.grad).all() for p in params):
+                super().optimizer_step()
+            else:
+                self.optimizer.zero_grad()
+
+        suite_resume: dict | None = None  # Ultralytics' state inside a stage, from our last.pt
+
+        def resume_training(self, ckpt):
+            """Continue a stage that a stop signal ended early: its optimizer, EMA and next epoch."""
+            state = self.suite_resume
+            if state is None:
+                return
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.ema.ema.load_state_dict(state["ema"])
+            self.ema.updates = state["updates"]
+            self.start_epoch = state["epoch"]
 
         def save_model(self):  # the suite writes checkpoints/best.safetensors itself
             return False
@@ -159,6 +174,11 @@ def _trainer_class():
         def final_eval(self):  # evaluation happens once, in the suite, on the best weights
             return None
 
+    def guard(trainer) -> None:  # counts non-finite losses in a row; TrainingDiverged at max_nonfinite
+        if trainer.loss is not None and not trainer.suite_guard.check(trainer.loss):
+            trainer.loss = None  # Ultralytics' own NaN recovery would reload a last.pt that it does not write
+
+    SuiteTrainer.guard = staticmethod(guard)
     return SuiteTrainer
 
 
@@ -181,50 +201,84 @@ def stage_args(recipe, data_yaml: Path, stage: Stage, i: int, frozen: list[int],
         cos_lr=(stage.scheduler or recipe.optim.scheduler) != "constant",
         warmup_epochs=warm * stage.epochs, warmup_bias_lr=0.0, close_mosaic=0, amp=t.precision not in ("fp32",),
         project=str(run_dir.resolve() / "ultralytics"), name=f"stage{i}", exist_ok=True, plots=False, val=True,
-        save=False, verbose=False, patience=recipe.train.early_stop.patience if recipe.train.early_stop else 100,
+        save=False, verbose=False, patience=stage.epochs + 1,  # early stopping is ours (train.early_stop)
         cache=False, **AUGMENT.get(recipe.data.augment, {}))
 
 
-def train(recipe, model, param_groups: list[ParamGroup], data_yaml: Path, run_dir: Path, device: torch.device,
-          select_metric: str, on_epoch_end=()) -> None:
-    """Every stage through Ultralytics; writes history.csv and checkpoints/best.safetensors."""
-    from suite.core.loop import Position, metric_mode
-
+def train(recipe, data_yaml: Path, model, param_groups: list[ParamGroup], stages: list[Stage], opts: FitOptions,
+          run_dir: Path, device: torch.device, resume: bool = False, on_epoch_end=()) -> Position:
+    """Every stage through Ultralytics' trainer, with the suite's stage bookkeeping: history.csv, the best
+    epoch by ``opts.select_metric`` (checkpoints/best.safetensors), early stopping, and checkpoints/last.pt
+    at every stage boundary. ``resume`` continues from last.pt: a stage cut short by a kill runs again from
+    its start; one stopped by SIGTERM/SIGINT (which Ultralytics lets finish its epoch) continues after that
+    epoch with its optimizer and EMA (its data order differs from an uninterrupted run's)."""
     Trainer = _trainer_class()
     names = group_names(param_groups)
-    mode = metric_mode(select_metric)
-    pos = Position()
-    for i, stage in enumerate(recipe.stages()):
-        where = f"schedule stage {i}"
+    pos, best, inside = Position(), {"state": None}, None
+    if resume:
+        pos, inside = _restore(model, run_dir, best)
+    stop = stop_requested()
+    for i in range(pos.stage, len(stages)):
+        stage, where = stages[i], f"schedule stage {i}"
         trainable = trainable_groups(stage.train, names, where)
         frozen = sorted(_layer_index(g, model) for g in param_groups if g.name not in trainable)
         trainer = Trainer(overrides=stage_args(recipe, data_yaml, stage, i, frozen, device, run_dir))
         trainer.suite_groups, trainer.suite_lrs = param_groups, group_lrs(stage, names, where)
-        trainer.suite_optim = (recipe.optim.name, recipe.optim.weight_decay, recipe.optim.momentum)
+        trainer.suite_opts, trainer.suite_guard = opts, NonFinite(opts.max_nonfinite)
+        trainer.suite_resume, inside = inside, None
         torch.set_num_threads(THREADS)  # after select_device() in the trainer's __init__
         trainer.model = model
         set_trainable(param_groups, trainable)  # Ultralytics re-checks this against freeze= (and warns otherwise)
 
-        def on_fit_epoch_end(tr, i=i):
-            row = _history_row(tr, pos.epoch + 1, i)
-            pos.history.append(row)
-            pos.epoch += 1
-            value = row.get(select_metric)
-            if value is None:
-                raise UserError(f"metric '{select_metric}' is not computed for detection; choose one of: "
-                                f"{', '.join(k for k in row if k.startswith('val/'))}")
-            if pos.best is None or (value < pos.best if mode == "min" else value > pos.best):
-                pos.best, pos.best_epoch = value, pos.epoch
-                checkpoint.save_weights(run_dir / "checkpoints" / "best.safetensors", _ema_weights(tr, trainable))
-            report.write_history(run_dir / "history.csv", pos.history)
-            for callback in on_epoch_end:
-                callback(pos)
+        def save_best(tr=trainer, trainable=trainable):
+            best["state"] = _ema_weights(tr, trainable)
+            checkpoint.save_weights(run_dir / BEST, best["state"])
 
+        def on_fit_epoch_end(tr, i=i, stage=stage, save_best=save_best):
+            row = _history_row(tr, pos.epoch + 1, i)
+            tr.stop |= end_epoch(pos, row, opts.selection, stage.epochs, run_dir, save_best, callbacks=on_epoch_end)
+            if stop and pos.stage_epoch < stage.epochs:  # Ultralytics owns the epoch: stop at its end
+                _save(run_dir, model, pos, best, tr)
+                tr.stop = True
+
+        trainer.add_callback("on_train_batch_end", trainer.guard)
         trainer.add_callback("on_fit_epoch_end", on_fit_epoch_end)
         trainer.train()
+        if stop and pos.stage_epoch < stage.epochs:
+            raise Interrupted(stop.signum, run_dir, f"at the end of epoch {pos.epoch} (stage {i}; Ultralytics runs "
+                                                   "the epochs, so YOLO stops at an epoch's end)")
         model.load_state_dict(_ema_weights(trainer, trainable))
-        checkpoint.save_weights(run_dir / "checkpoints" / "last.safetensors", model.state_dict())
         model.to(device)
+        pos.next_stage()
+        _save(run_dir, model, pos, best)
+        if stop:
+            raise Interrupted(stop.signum, run_dir, f"at the end of stage {i}")
+    return pos
+
+
+def _save(run_dir: Path, model, pos: Position, best: dict, trainer=None) -> None:
+    """last.pt: at a stage boundary the model; inside a stage (a stop signal) also Ultralytics' optimizer and
+    EMA, so the stage continues from the next epoch."""
+    state = {"model": model.state_dict(), "position": pos.state(), "history": pos.history, "best": best["state"],
+             "rng": checkpoint.rng_state(), "trainer": "ultralytics", "inside": None}
+    if trainer is not None:
+        state["inside"] = {"optimizer": trainer.optimizer.state_dict(), "ema": trainer.ema.ema.state_dict(),
+                           "updates": trainer.ema.updates, "epoch": pos.stage_epoch}
+    checkpoint.save_state(run_dir / LAST, state)
+
+
+def _restore(model, run_dir: Path, best: dict) -> tuple[Position, dict | None]:
+    """The saved state: weights, position, history and best weights (a stage cut short by a kill may have
+    written a later best.safetensors: it is put back to the checkpoint's); inside a stage, Ultralytics' state."""
+    saved = checkpoint.load_state(run_dir / LAST)
+    if saved.get("trainer") != "ultralytics":
+        raise UserError(f"{run_dir / LAST} was not written by a YOLO run; start again with `suite run` and --overwrite")
+    model.load_state_dict(saved["model"])
+    best["state"] = saved["best"]
+    if best["state"] is not None:
+        checkpoint.save_weights(run_dir / BEST, best["state"])
+    checkpoint.set_rng_state(saved["rng"])
+    return Position(**saved["position"], history=list(saved["history"])), saved.get("inside")
 
 
 def _ema_weights(trainer, trainable: list[str]) -> dict[str, torch.Tensor]:
@@ -341,6 +395,7 @@ class ExportHead(nn.Module):
         return y[0] if isinstance(y, (tuple, list)) else y
 
 
+EXPORT_IO = OnnxIO(input="images", outputs=("logits",))  # letterboxed [batch, 3, S, S] -> [batch, 4 + nc, anchors]
 FINAL_CONV = re.compile(r"\.cv[23]\.\d+\.2\.weight$")  # Detect's last 1x1 conv of each box / class branch
 
 

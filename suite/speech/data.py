@@ -1,7 +1,7 @@
 """Audio datasets from class folders or CSV/JSONL manifests, checked up front.
 
 Every clip is read once by the scan before training. A clip that cannot help or would hurt is skipped and
-counted in a ``SpeechScanReport``: unreadable or empty files, silent clips, NaN/inf samples, clips over
+counted in the ``ScanReport``: unreadable or empty files, silent clips, NaN/inf samples, clips over
 ``max_seconds``, clips under the model's 25 ms receptive field, and (CTC) empty transcripts or clips with
 fewer model frames than their transcript needs (a CTC loss of inf: transformers #10884). Skipped clips never
 reach the loss. Any rate, channel count or format soundfile reads becomes mono float32 at the model's rate.
@@ -13,11 +13,9 @@ import csv
 import json
 import math
 import os
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from suite.core.scan import ScanReport
+from suite.core.data import ScanReport, class_folders, label_order, scan_workers, split_indices
 from suite.errors import UserError
 from suite.speech.text import Vocab, ctc_min_frames, normalize
-from suite.vision.data import VAL_DIRS, _label_order, class_files, split_indices  # one split rule for every modality
 
 TASKS = ("speech-classification", "speech-ctc")
 FORMATS = ("audiofolder", "manifest")
@@ -50,7 +47,6 @@ SILENT, TOO_LONG, TOO_SHORT = "silent", "too long", "too short"
 NO_PATH, NO_LABEL = "row without a path", "missing label"
 EMPTY_TEXT, SHORT_FOR_TEXT = "empty transcript", "too short for its transcript"
 
-_EXAMPLES = 5
 _PROGRESS_MIN = 200
 
 
@@ -65,63 +61,15 @@ class Clip:
     seconds: float = 0.0  # duration at the file's own rate
 
 
-@dataclass
-class SplitScan:
-    """What the scan did to one split."""
-
-    found: int = 0
-    kept: int = 0
-    seconds: float = 0.0  # of the kept clips
-    skipped: Counter = field(default_factory=Counter)  # reason -> clips
-
-    def describe(self, split: str) -> str:
-        text = f"{split} {self.found} clip{'s' * (self.found != 1)}, {self.kept} kept"
-        text += f" ({_duration(self.seconds)})" if self.kept else ""
-        if self.skipped:
-            counts = ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
-            text += f", {sum(self.skipped.values())} skipped ({counts})"
-        return text
-
-
-@dataclass
-class SpeechScanReport(ScanReport):
-    """Per-split counts, the first few skipped files, and notes (a held-out val split, ignored files)."""
-
-    split_type: ClassVar[type] = SplitScan
-
-    def record(self, split: str, path: Path | str, clip: Clip | None, reason: str | None = None) -> None:
-        counts = self.split(split)
-        counts.found += 1
-        if clip is None:
-            counts.skipped[reason] += 1
-            if len(self.example_pairs) < _EXAMPLES:
-                self.example_pairs.append((str(path), str(reason)))
-            return
-        counts.kept += 1
-        counts.seconds += clip.seconds
-
-    def summary(self) -> str:
-        """One line: 'train 400 clips, 397 kept (6.6 min), 3 skipped (1 silent, 1 too short for its transcript,
-        1 unreadable); val 40 clips, 40 kept (40.2 s)'."""
-        parts = [self.splits[s].describe(s) for s in SPLITS if s in self.splits]
-        return "; ".join(parts + self.notes)
-
-
 @dataclass(eq=False)
 class SpeechData:
     labels: list[str]  # class names in id order; for CTC the vocabulary's tokens
     train: list[Clip]
     val: list[Clip]
     test: list[Clip] | None
-    report: SpeechScanReport
+    report: ScanReport
     vocab: Vocab | None  # CTC only, built from the kept transcripts of every split
     sample_rate: int  # the model's; clips are resampled to it when read
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 # ----------------------------------------------------------------------------- reading and resampling
@@ -226,26 +174,26 @@ def _probe(job: _Candidate, sample_rate: int, max_seconds: float | None) -> Clip
     return Clip(job.path, job.label, job.text, seconds)
 
 
-def scan(split: str, jobs: list[_Candidate], report: SpeechScanReport, sample_rate: int,
+def scan(split: str, jobs: list[_Candidate], report: ScanReport, sample_rate: int,
          max_seconds: float | None) -> list[Clip]:
     """Read every clip once; record each in ``report`` and return the kept clips in order."""
     report.split(split)  # an empty split is still reported
     kept: list[Clip] = []
     probe = partial(_probe, sample_rate=sample_rate, max_seconds=max_seconds)
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # libsndfile and numpy release the GIL
+    with ThreadPoolExecutor(scan_workers()) as pool:
         results = tqdm(pool.map(probe, jobs), total=len(jobs), desc=f"scanning {split}", unit="clip",
                        disable=len(jobs) < _PROGRESS_MIN, leave=False)
         for job, result in zip(jobs, results):
             if isinstance(result, Clip):
-                report.record(split, job.path, result)
+                report.keep(split, seconds=result.seconds)
                 kept.append(result)
             else:
-                report.record(split, job.path, None, result)
+                report.skip(split, job.path, result)
     return kept
 
 
 def _finish(labels: list[str], jobs: dict[str, list[_Candidate]], task: str, source: Path, sample_rate: int,
-            max_seconds: float | None, report: SpeechScanReport) -> SpeechData:
+            max_seconds: float | None, report: ScanReport) -> SpeechData:
     """Scan every split; refuse data with nothing to train or validate on; build the CTC vocabulary."""
     kept = {split: scan(split, split_jobs, report, sample_rate, max_seconds) for split, split_jobs in jobs.items()}
     for split in ("train", "val"):
@@ -272,7 +220,7 @@ def _check_args(task: str, val_split: float, sample_rate: int) -> None:
 
 
 def _hold_out(train: list[_Candidate], val_split: float, seed: int, stratify: bool,
-              report: SpeechScanReport) -> tuple[list[_Candidate], list[_Candidate]]:
+              report: ScanReport) -> tuple[list[_Candidate], list[_Candidate]]:
     """Seeded (stratified) split of the found training clips, so a val file's membership never depends on
     which other files turn out broken."""
     train_idx, val_idx = split_indices([c.label for c in train], val_split, seed, stratify=stratify)
@@ -289,16 +237,6 @@ def _check_classes(labels: list[str], source: Path) -> None:
 # ----------------------------------------------------------------------------- audiofolder
 
 
-def _class_files(folder: Path, report: SpeechScanReport) -> dict[str, list[Path]]:
-    """Audio files under each class folder; what is ignored goes to the report's notes."""
-    return {name: [Path(f) for f in files]
-            for name, files in class_files(folder, AUDIO_EXTS, report.notes, "audio").items()}
-
-
-def _folder_jobs(classes: dict[str, list[Path]], labels: list[str]) -> list[_Candidate]:
-    return [_Candidate(path, labels.index(name)) for name in labels if name in classes for path in classes[name]]
-
-
 def load_audiofolder(root: str | os.PathLike, sample_rate: int = 16000, val_split: float = 0.1, seed: int = 0,
                      max_seconds: float | None = 30.0) -> SpeechData:
     """Classification clips from ``root/train/<class>/*``, ``root/val/<class>/*`` (or valid/validation) and an
@@ -307,35 +245,16 @@ def load_audiofolder(root: str | os.PathLike, sample_rate: int = 16000, val_spli
     Classes are the train class folders, sorted. Files are found recursively; extensions: ``AUDIO_EXTS``.
     """
     _check_args("speech-classification", val_split, sample_rate)
-    root = Path(root).expanduser().absolute()
-    if not root.is_dir():
-        what = "is a file, not a folder; for a CSV/JSONL list of clips set data.format=manifest" if root.exists() \
-            else "does not exist; set data.root=... (or -s data.root=PATH)"
-        raise UserError(f"data root {root} {what}")
-    report = SpeechScanReport()
-    split_layout = (root / "train").is_dir()
-    train_dir = root / "train" if split_layout else root
-    train_classes = _class_files(train_dir, report)
-    labels = sorted(train_classes)
-    if not labels:
-        raise UserError(f"no class folders with audio in {train_dir}; put one subfolder per class holding "
-                        f"{', '.join(AUDIO_EXTS[:4])}, ... files (e.g. {train_dir}/yes/1.wav), or list the clips "
-                        "in a CSV/JSONL manifest (data.format=manifest)")
-    _check_classes(labels, train_dir)
-    jobs = {"train": _folder_jobs(train_classes, labels)}
-    for split, names in (("val", VAL_DIRS), ("test", ("test",))):
-        folder = next((root / n for n in names if split_layout and (root / n).is_dir()), None)
-        if folder is not None:
-            classes = _class_files(folder, report)
-            unknown = sorted(set(classes) - set(labels))
-            if unknown:
-                raise UserError(f"class folder {folder / unknown[0]} has no matching class in {train_dir} "
-                                f"(train classes: {', '.join(labels)}); rename it to a train class or add "
-                                f"clips for it to {train_dir}")
-            jobs[split] = _folder_jobs(classes, labels)
+    report = ScanReport(unit="clip")
+    found = class_folders(root, AUDIO_EXTS, "audio", report.notes, example="yes/1.wav",
+                          other_format="for a CSV/JSONL list of clips set data.format=manifest")
+    _check_classes(found.labels, found.train_dir)
+    labels = found.labels
+    jobs = {split: [_Candidate(Path(path), label) for path, label in found.indexed(split)] for split in found.splits}
     if "val" not in jobs:
         jobs["train"], jobs["val"] = _hold_out(jobs["train"], val_split, seed, True, report)
-    return _finish(labels, jobs, "speech-classification", root, sample_rate, max_seconds, report)
+    source = Path(root).expanduser().absolute()
+    return _finish(labels, jobs, "speech-classification", source, sample_rate, max_seconds, report)
 
 
 # ----------------------------------------------------------------------------- manifests (CSV / JSONL)
@@ -428,7 +347,7 @@ def load_manifest(path: str | os.PathLike, task: str, sample_rate: int = 16000, 
     if "train" not in grouped:
         raise UserError(f"{path} has no train rows; mark training clips with split=train (or drop the split column)")
     ctc = task == "speech-ctc"
-    labels = [] if ctc else _label_order({target for _, _, target in grouped["train"] if target})
+    labels = [] if ctc else label_order({target for _, _, target in grouped["train"] if target})
     if not ctc:
         _check_classes(labels, path)
     index = {name: i for i, name in enumerate(labels)}
@@ -436,7 +355,7 @@ def load_manifest(path: str | os.PathLike, task: str, sample_rate: int = 16000, 
     for split, rows in grouped.items():
         jobs[split] = [_manifest_candidate(where, audio, target, ctc, index, labels) for where, audio, target in rows]
     jobs["train"] += [_Candidate(Path(where), reason=reason) for where, reason in bad]  # counted, never read
-    report = SpeechScanReport()
+    report = ScanReport(unit="clip")
     if "val" not in jobs:
         jobs["train"], jobs["val"] = _hold_out(jobs["train"], val_split, seed, not ctc, report)
     return _finish(labels, {s: jobs[s] for s in SPLITS if s in jobs}, task, path, sample_rate, max_seconds, report)

@@ -1,7 +1,6 @@
 """The speech modality: Wav2Vec2 keyword spotting (speech-classification) and CTC recognition (speech-ctc)."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from suite.core import report
-from suite.core.export import ExportSpec, as_bundle
+from suite.core.export import Axis, ExportSpec, OnnxIO, OnnxModel, as_bundle
 from suite.core.groups import ParamGroup
 from suite.core.loop import Hooks
 from suite.core.metrics import ClassificationEvaluator, EvalResult, TranscriptionEvaluator, check_metric_names
@@ -24,6 +23,9 @@ SYNTHETIC = "synthetic:speech"
 SAMPLE_RATE = 16000  # every Wav2Vec2 checkpoint's rate; clips at other rates are resampled when read
 MASK_TIME_PROB = {"none": 0.0, "light": 0.05, "standard": 0.05}  # SpecAugment-style masking in the model
 SPEECH_INPUT = "input_values"
+# [batch, time], both dynamic: clips of any length from 50 ms to a minute
+EXPORT_IO = OnnxIO(input=SPEECH_INPUT, outputs=("logits",),
+                   axes={0: Axis("batch", 1, 1024), 1: Axis("time", 800, SAMPLE_RATE * 60)})
 
 
 def _ctc(recipe: Recipe) -> bool:
@@ -49,13 +51,22 @@ class SpeechModality:
         return sdata.load_speech(fmt, root, recipe.task, SAMPLE_RATE, d.val_split, recipe.train.seed,
                                  d.max_seconds or 30.0)
 
-    def build_model(self, recipe: Recipe, data, weights: str) -> nn.Module:
+    def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         m = recipe.model
-        return wav2vec2.build_model(m.arch, len(data.labels), weights, _ctc(recipe), pad_id=0,
+        return wav2vec2.build_model(m.arch, len(labels), weights, _ctc(recipe), pad_id=0,
                                     mask_time_prob=MASK_TIME_PROB.get(recipe.data.augment, 0.05))
 
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
         return wav2vec2.groups(model)
+
+    def trainer(self, recipe: Recipe, data):
+        return None  # the suite's own loop
+
+    def models(self) -> list[str]:
+        return [f"{arch}  (speech: keywords and CTC, transformers)" for arch in wav2vec2.SIZES]
+
+    def task_for(self, arch: str) -> str | None:
+        return "speech-classification" if wav2vec2.is_wav2vec2(arch) else None
 
     def default_metric(self, recipe: Recipe) -> str:
         # CER moves before WER does on a small model, so it picks the best epoch more reliably
@@ -121,7 +132,7 @@ class SpeechModality:
             return []
         return [report.plot_confusion(result.confusion, data.labels, plot_dir / "confusion_val.png")]
 
-    def report_sections(self, result: EvalResult) -> list[tuple[str, str]]:
+    def report_sections(self, recipe: Recipe, result: EvalResult) -> list[tuple[str, str]]:
         samples = result.extra.get("samples")
         if not samples:
             return []
@@ -148,15 +159,13 @@ class SpeechModality:
         return ExportSpec(
             meta=meta, example=torch.randn(2, SAMPLE_RATE, generator=torch.Generator().manual_seed(0)),
             evaluate=lambda m: runtime_metrics(m, data.val, data, meta),
-            metric="val/wer" if ctc else "val/accuracy", module=self.export_module(recipe, model),
-            export=export_onnx, quantizable=("int8-dynamic",), tensor_check=tensor_parity,
+            metric="val/wer" if ctc else "val/accuracy", module=self.export_module(recipe, model), io=EXPORT_IO,
+            quantizable=("int8-dynamic",), tensor_check=tensor_parity, bench_item=(SAMPLE_RATE,),  # 1 s clips
             extra={"input": {"name": SPEECH_INPUT, "shape": ["batch", "time"], "dtype": "float32",
                              "layout": "waveform", "sample_rate": SAMPLE_RATE},
                    "outputs": [{"name": "logits", "shape": out_shape}]})
 
     def evaluate_bundle(self, recipe: Recipe, bundle, data, split: str) -> dict[str, float] | None:
-        from suite.core.export import OnnxModel
-
         clips = getattr(data, split)
         if not clips:
             return None
@@ -195,29 +204,6 @@ def runtime_metrics(m, clips, data, meta: dict) -> dict[str, float]:
     labels = list(data.labels)
     hits = [labels.index(p.label) == c.label for p, c in zip(preds, clips)]
     return {"val/accuracy": float(np.mean(hits))}
-
-
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
-    """input_values [batch, time] with both axes dynamic: the dynamo exporter, TorchScript if it fails."""
-    import onnx
-
-    module = module.eval().cpu()
-    try:
-        batch, time = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("time", min=800, max=16000 * 60)
-        torch.onnx.export(module, (example,), str(path), input_names=[SPEECH_INPUT], output_names=["logits"],
-                          opset_version=opset, dynamo=True, dynamic_shapes=({0: batch, 1: time},), verbose=False,
-                          external_data=False)
-        exporter = "torch.onnx dynamo"
-    except Exception as first:  # unsupported op or graph break: the older exporter often still works
-        warnings.warn(f"dynamo ONNX export failed ({type(first).__name__}: {str(first)[:200]}); trying TorchScript")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(path), input_names=[SPEECH_INPUT], output_names=["logits"],
-                              opset_version=opset, dynamo=False,
-                              dynamic_axes={SPEECH_INPUT: {0: "batch", 1: "time"}, "logits": {0: "batch"}})
-        exporter = "torch.onnx torchscript"
-    onnx.checker.check_model(str(path))
-    return exporter
 
 
 PARITY_SHAPES = ((1, 8000), (3, 8000), (2, 20800))  # other batch sizes and lengths than the export example

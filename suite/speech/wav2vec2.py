@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from suite.core.groups import ParamGroup
+from suite.core import weights as W
+from suite.core.groups import ParamGroup, make_groups
 from suite.errors import UserError
 
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -26,8 +27,6 @@ SIZES = {
                           conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                           classifier_proj_size=32),
 }
-HF_HINT = ("offline, fetch it once where there is internet (`huggingface-cli download {id}`, then copy "
-           "~/.cache/huggingface/hub), or point model.weights at a local folder saved with save_pretrained()")
 
 
 def is_wav2vec2(arch: str) -> bool:
@@ -51,8 +50,8 @@ def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int 
     """Wav2Vec2ForSequenceClassification / ForCTC with ``n_outputs`` classes or vocabulary tokens.
 
     ``weights``: ``none`` (random init, ``arch`` sets the size), a Hugging Face id (from the local HF cache),
-    a folder saved with save_pretrained(), or a .safetensors state_dict (e.g. a suite run; the head is
-    loaded only when its shape fits).
+    a folder saved with save_pretrained(), or a state_dict file (e.g. a suite run's best.safetensors; the
+    encoder must fit, the head loads only when it is the same).
     """
     from transformers import Wav2Vec2Config
     from transformers.utils import logging as hf_logging
@@ -62,34 +61,22 @@ def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int 
         raise UserError(f"model.arch '{arch}' is not a speech model; use one of {', '.join(SIZES)}")
     cls = _classes(ctc)
     extra = dict(mask_time_prob=mask_time_prob, layerdrop=layerdrop, **_head_kwargs(ctc, n_outputs, pad_id))
-    if weights == "none" or weights.endswith(".safetensors"):
+    source = W.parse(weights)
+    folder = Path(source.value)
+    if source.kind == W.NONE or (source.kind == W.FILE and not folder.is_dir()):
         model = cls(Wav2Vec2Config(**SIZES[arch], **extra))
-        if weights.endswith(".safetensors"):
-            _load_state(model, Path(weights))
+        if source.kind == W.FILE:
+            W.load_file(model, source.value, head_prefixes(model), arch)
         return model
-    source = Path(weights).expanduser()
-    try:
-        return cls.from_pretrained(str(source) if source.is_dir() else weights, local_files_only=True,
-                                   ignore_mismatched_sizes=True, **extra)
-    except OSError:
-        raise UserError(f"model.weights '{weights}' is not in the local Hugging Face cache nor a folder; "
-                        + HF_HINT.format(id=weights)) from None
+    if source.kind == W.NAME:
+        folder = W.hub_folder(source.value)
+    return cls.from_pretrained(str(folder), ignore_mismatched_sizes=True, **extra)
 
 
-def _load_state(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise UserError(f"model.weights {path} does not exist; point it at a run's checkpoints/best.safetensors")
-    state = load_file(str(path))
-    own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    body = [k for k in own if k.startswith("wav2vec2.")]
-    missing = [k for k in body if k not in fits]
-    if missing:
-        raise UserError(f"model.weights {path} does not fit this model.arch ({len(missing)} encoder tensors "
-                        f"missing or of another shape, e.g. {missing[0]}); was it trained with another size?")
-    model.load_state_dict(fits, strict=False)  # the head only when it fits (same task and classes)
+def head_prefixes(model: nn.Module) -> list[str]:
+    """State-dict prefixes of the task head: everything outside the ``wav2vec2`` encoder."""
+    return [f"{name}." for name, _ in model.named_children() if name != "wav2vec2"] + \
+        (["layer_weights"] if getattr(model, "layer_weights", None) is not None else [])
 
 
 def groups(model: nn.Module) -> list[ParamGroup]:
@@ -97,21 +84,14 @@ def groups(model: nn.Module) -> list[ParamGroup]:
     embedding, the encoder's input norm), encoder.0 .. encoder.N-1, head (projector+classifier or lm_head)."""
     w = model.wav2vec2
     enc = w.encoder
-    blocks: list[tuple[str, list[nn.Module], list[nn.Parameter]]] = [
+    masked = [w.masked_spec_embed] if getattr(w, "masked_spec_embed", None) is not None else []
+    layer_weights = [model.layer_weights] if getattr(model, "layer_weights", None) is not None else []
+    return make_groups([
         ("feature_encoder", [w.feature_extractor], []),
-        ("feature_projection", [w.feature_projection, enc.pos_conv_embed, enc.layer_norm],
-         [w.masked_spec_embed] if getattr(w, "masked_spec_embed", None) is not None else []),
-    ]
-    blocks += [(f"encoder.{i}", [layer], []) for i, layer in enumerate(enc.layers)]
-    head = [m for name, m in model.named_children() if name != "wav2vec2"]
-    extra = [model.layer_weights] if getattr(model, "layer_weights", None) is not None else []
-    blocks.append(("head", head, extra))
-    out = []
-    for name, modules, params in blocks:
-        ps = [p for m in modules for p in m.parameters()] + params
-        if ps:
-            out.append(ParamGroup(name, ps, modules))
-    return out
+        ("feature_projection", [w.feature_projection, enc.pos_conv_embed, enc.layer_norm], masked),
+        *((f"encoder.{i}", [layer], []) for i, layer in enumerate(enc.layers)),
+        ("head", [m for name, m in model.named_children() if name != "wav2vec2"], layer_weights),
+    ])
 
 
 class ExportWrapper(nn.Module):

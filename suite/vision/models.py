@@ -1,64 +1,32 @@
 """Image-classification backbones: build with a new head, load weights, split into freeze groups.
 
-``build_model`` makes a torchvision (or ``timm:<name>``) model, swaps its final classifier ``Linear`` for a
-fresh :class:`Head`, loads weights (torchvision enum or local file) and returns the model with the
-:class:`~suite.vision.transforms.Preprocess` it expects.
+A torchvision family is one entry of ``FAMILIES``: the names it covers, where its classifier sits, and its
+group function (named groups in input-to-output order; ``head`` is added last). ``timm:<name>`` models use
+timm's own ``group_matcher`` and classifier name. Any torchvision classification name builds: a name of no
+family falls back to top-level children with the final ``Linear`` as head.
 
-``model_groups`` splits the model into named parameter groups, input to output, the last always ``"head"``.
-Group representation: ``OrderedDict[str, list[nn.Module]]``. A group is a list of the model's own modules,
-except for parameters owned *directly* by a module whose other parameters belong to other groups (ViT's
-``class_token`` and ``encoder.pos_embedding``, timm's ``cls_token``/``pos_embed``): those are exposed by a
-:class:`ParamHolder`, a detached view module whose ``parameters()`` returns the model's live Parameter
-objects. Callers should not rely on the module lists directly but use :func:`group_parameters` (each
-parameter exactly once) and :func:`group_modules` (the model's real modules, flattened, for BatchNorm/eval
-handling). :func:`check_groups` asserts that the groups cover every parameter exactly once; ``model_groups``
-always runs it.
-
-Besides the registry in :func:`list_models`, any other torchvision classification model name is accepted
-(e.g. ``resnet101``, ``vgg19_bn``, ``efficientnet_v2_s``, ``densenet121``); names of a known family use that
-family's grouping, the rest fall back to top-level children with the final ``Linear`` as head.
+``build_model`` makes the model, swaps the classifier ``Linear`` for a fresh :class:`Head`, loads weights
+(``suite.core.weights``: none, a torchvision enum or a local file) and returns the :class:`Preprocess` the
+weights expect.
 """
 from __future__ import annotations
 
 import difflib
-import logging
 import math
-import os
 import re
-from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
-from urllib.parse import urlparse
 
-import torch
 import torchvision
 from torch import nn
 
+from suite.core import weights as W
+from suite.core.groups import ParamGroup, check_groups, make_groups
 from suite.errors import UserError
 from suite.vision.transforms import Preprocess
 
-log = logging.getLogger(__name__)
-
-# Curated names shown by `suite ls models`; value = family (which head/group functions apply).
-_REGISTRY: dict[str, str] = {
-    "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
-    "vgg11": "vgg", "vgg16": "vgg", "vgg16_bn": "vgg",
-    "efficientnet_b0": "efficientnet", "efficientnet_b1": "efficientnet",
-    "efficientnet_b2": "efficientnet", "efficientnet_b3": "efficientnet",
-    "mobilenet_v3_small": "mobilenet_v3", "mobilenet_v3_large": "mobilenet_v3",
-    "convnext_tiny": "convnext",
-    "vit_b_16": "vit",
-}
-# Other torchvision names share a family's layout when they share its prefix (mobilenet_v2 is laid out like
-# EfficientNet: features[0] stem conv, blocks, features[-1] 1x1 conv, classifier = [Dropout, Linear]).
-_FAMILY_PREFIXES = (
-    ("resnet", "resnet"), ("wide_resnet", "resnet"), ("resnext", "resnet"), ("vgg", "vgg"),
-    ("efficientnet", "efficientnet"), ("mobilenet_v2", "efficientnet"), ("mobilenet_v3", "mobilenet_v3"),
-    ("convnext", "convnext"), ("vit_", "vit"),
-)
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 TIMM_PREFIX = "timm:"
+Spec = list[tuple[str, list[nn.Module], list[nn.Parameter]]]  # (group name, modules, raw parameters)
 
 
 # ----------------------------------------------------------------------------------------------- head
@@ -100,36 +68,21 @@ def _check_head_args(num_outputs: int, hidden: Sequence[int], dropout: float) ->
         raise UserError(f"head.dropout must be in [0, 1) (got {dropout!r})")
 
 
-def _last_linear_index(seq: nn.Sequential) -> int:
-    idx = [i for i, m in enumerate(seq) if isinstance(m, nn.Linear)]
-    if not idx:
-        raise UserError("this model's classifier has no Linear layer to replace; pick another model.arch")
-    return idx[-1]
-
-
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_name, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _replace_head(family: str, model: nn.Module, hidden: Sequence[int], dropout: float, n: int) -> None:
-    """Swap the final classifier Linear for a Head; which Linear depends on the family's layout."""
-    if family == "resnet":
-        model.fc = make_head(model.fc.in_features, hidden, dropout, n)
-    elif family == "vgg" and hidden:
-        # A custom MLP replaces the whole 4096-4096 classifier (torchvision already flattens after avgpool).
-        model.classifier = make_head(model.classifier[0].in_features, hidden, dropout, n)
-    elif family in ("vgg", "efficientnet", "mobilenet_v3", "convnext"):
-        i = _last_linear_index(model.classifier)
-        model.classifier[i] = make_head(model.classifier[i].in_features, hidden, dropout, n)
-    elif family == "vit":
-        model.heads.head = make_head(model.heads.head.in_features, hidden, dropout, n)
-    else:  # generic: the last Linear in definition order is the classifier
-        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise UserError("this model has no Linear classifier to replace; pick another model.arch")
-        old = model.get_submodule(linears[-1])
-        _set_submodule(model, linears[-1], make_head(old.in_features, hidden, dropout, n))
+def _classifier_linear(model: nn.Module, path: str | None) -> str:
+    """The qualified name of the Linear to replace: ``path`` itself, the last Linear inside ``path``, or (no
+    path) the model's last Linear in definition order."""
+    root = model.get_submodule(path) if path else model
+    if isinstance(root, nn.Linear):
+        return path
+    linears = [name for name, m in root.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError("this model's classifier has no Linear layer to replace; pick another model.arch")
+    return f"{path}.{linears[-1]}" if path else linears[-1]
 
 
 def head_prefixes_of(model: nn.Module) -> list[str]:
@@ -140,80 +93,61 @@ def head_prefixes_of(model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------------------------- groups
 
 
-class ParamHolder(nn.Module):
-    """A view of parameters owned directly by a module that is split across groups (ViT class token,
-    position embedding). Not a submodule of the model and owns nothing: ``parameters()`` looks the live
-    Parameters up on their owners each time, so it stays right after ``model.to(device)``."""
-
-    def __init__(self, model: nn.Module, names: Sequence[str]):
-        super().__init__()
-        self._refs = [(n, *n.rpartition(".")[::2]) for n in names]  # (qualified, owner path, attr)
-        self._root = [model]  # a list so nn.Module does not register the model as a child
-
-    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
-        for qualified, owner, attr in self._refs:
-            yield prefix + qualified, getattr(self._root[0].get_submodule(owner), attr)
-
-    def extra_repr(self) -> str:
-        return ", ".join(q for q, _, _ in self._refs)
-
-
 def _modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
     return [model.get_submodule(n) for n in names]
 
 
-def _resnet_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+def _resnet_groups(model: nn.Module) -> Spec:
     stem = _modules(model, ["conv1", "bn1", "relu", "maxpool"])
-    return [("stem", stem)] + [(f"layer{i}", [model.get_submodule(f"layer{i}")]) for i in range(1, 5)]
+    return [("stem", stem, [])] + [(f"layer{i}", [model.get_submodule(f"layer{i}")], []) for i in range(1, 5)]
 
 
-def _vgg_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+def _vgg_groups(model: nn.Module) -> Spec:
     # One group per resolution: conv blocks end at each MaxPool.
     groups, block = [], []
     for m in model.features:
         block.append(m)
         if isinstance(m, nn.MaxPool2d):
-            groups.append((f"features.{len(groups)}", block))
+            groups.append((f"features.{len(groups)}", block, []))
             block = []
     if block:
-        groups.append((f"features.{len(groups)}", block))
+        groups.append((f"features.{len(groups)}", block, []))
     if not isinstance(model.classifier, _HEADS):  # original 4096-4096 MLP kept in front of the new Linear
-        groups.append(("classifier", [m for m in model.classifier if not isinstance(m, _HEADS)]))
+        groups.append(("classifier", [m for m in model.classifier if not isinstance(m, _HEADS)], []))
     return groups
 
 
-def _stem_blocks_top(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+def _stem_blocks_top(model: nn.Module) -> Spec:
     # EfficientNet / MobileNet: features[0] is the stem conv, features[-1] the final 1x1 conv.
     f = model.features
-    blocks = [(f"blocks.{i}", [m]) for i, m in enumerate(f[1:-1])]
-    return [("stem", [f[0]])] + blocks + [("top", [f[-1]])]
+    return [("stem", [f[0]], [])] + [(f"blocks.{i}", [m], []) for i, m in enumerate(f[1:-1])] + [("top", [f[-1]], [])]
 
 
-def _mobilenet_v3_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+def _mobilenet_v3_groups(model: nn.Module) -> Spec:
     kept = [m for m in model.classifier if not isinstance(m, _HEADS)]  # Linear-Hardswish-Dropout
-    return _stem_blocks_top(model) + [("classifier", kept)]
+    return _stem_blocks_top(model) + [("classifier", kept, [])]
 
 
-def _convnext_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+def _convnext_groups(model: nn.Module) -> Spec:
     # features = [stem, stage1, down, stage2, down, stage3, down, stage4]; each downsample opens its stage.
     f = model.features
-    stages = [("stage1", [f[1]])] + [(f"stage{k}", [f[2 * k - 2], f[2 * k - 1]]) for k in range(2, 5)]
-    return [("stem", [f[0]])] + stages + [("norm", [model.classifier[0]])]
+    stages = [("stage1", [f[1]], [])] + [(f"stage{k}", [f[2 * k - 2], f[2 * k - 1]], []) for k in range(2, 5)]
+    return [("stem", [f[0]], [])] + stages + [("norm", [model.classifier[0]], [])]
 
 
-def _vit_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
-    raw = ParamHolder(model, ["class_token", "encoder.pos_embedding"])
-    blocks = [(f"blocks.{i}", [m]) for i, m in enumerate(model.encoder.layers)]
+def _vit_groups(model: nn.Module) -> Spec:
+    raw = [model.class_token, model.encoder.pos_embedding]  # owned by modules that are split across groups
+    blocks = [(f"blocks.{i}", [m], []) for i, m in enumerate(model.encoder.layers)]
     extra = [m for name, m in model.heads.named_children() if name != "head"]  # pre_logits, if any
-    return [("stem", [model.conv_proj, raw])] + blocks + [("norm", [model.encoder.ln] + extra)]
+    return [("stem", [model.conv_proj], raw)] + blocks + [("norm", [model.encoder.ln] + extra, [])]
 
 
-def _generic_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+def _generic_groups(model: nn.Module) -> Spec:
     """Top-level children in order; a child containing the head is split into its own children."""
-    groups: list[tuple[str, list[nn.Module]]] = []
-    raw = [n for n, _ in model.named_parameters(recurse=False)]
+    groups: Spec = []
+    raw = list(model.parameters(recurse=False))
     if raw:
-        groups.append(("params", [ParamHolder(model, raw)]))
+        groups.append(("params", [], raw))
 
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
@@ -222,21 +156,36 @@ def _generic_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
                 if not isinstance(child, _HEADS):
                     visit(qualified + ".", child)
             elif any(True for _ in child.parameters()):
-                groups.append((qualified, [child]))
+                groups.append((qualified, [child], []))
 
     visit("", model)
     return groups
 
 
-_GROUP_FUNCS: dict[str, Callable[[nn.Module], list[tuple[str, list[nn.Module]]]]] = {
-    "resnet": _resnet_groups,
-    "vgg": _vgg_groups,
-    "efficientnet": _stem_blocks_top,
-    "mobilenet_v3": _mobilenet_v3_groups,
-    "convnext": _convnext_groups,
-    "vit": _vit_groups,
-    "generic": _generic_groups,
+@dataclass(frozen=True)
+class Family:
+    """One torchvision family: everything the suite needs to know about it."""
+
+    listed: tuple[str, ...]  # names shown by `suite ls models`
+    prefixes: tuple[str, ...]  # other torchvision names laid out the same way
+    classifier: str | None  # where the classifier Linear sits (a Linear, or a Sequential ending in one)
+    groups: Callable[[nn.Module], Spec]  # body groups in input-to-output order ('head' is added after)
+    mlp_replaces_classifier: bool = False  # head.hidden replaces the whole classifier (VGG's 4096-4096 MLP)
+
+
+FAMILIES: dict[str, Family] = {
+    "resnet": Family(("resnet18", "resnet34", "resnet50"), ("resnet", "wide_resnet", "resnext"), "fc",
+                     _resnet_groups),
+    "vgg": Family(("vgg11", "vgg16", "vgg16_bn"), ("vgg",), "classifier", _vgg_groups, mlp_replaces_classifier=True),
+    # mobilenet_v2 is laid out like EfficientNet: features[0] stem conv, blocks, features[-1] 1x1 conv
+    "efficientnet": Family(("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
+                           ("efficientnet", "mobilenet_v2"), "classifier", _stem_blocks_top),
+    "mobilenet_v3": Family(("mobilenet_v3_small", "mobilenet_v3_large"), ("mobilenet_v3",), "classifier",
+                           _mobilenet_v3_groups),
+    "convnext": Family(("convnext_tiny",), ("convnext",), "classifier", _convnext_groups),
+    "vit": Family(("vit_b_16",), ("vit_",), "heads.head", _vit_groups),
 }
+GENERIC = Family((), (), None, _generic_groups)
 
 
 def _head_group(model: nn.Module, taken: set[int]) -> list[nn.Module]:
@@ -250,78 +199,15 @@ def _head_group(model: nn.Module, taken: set[int]) -> list[nn.Module]:
     return [m for m in parent if m is head or (id(m) not in taken and not any(True for _ in m.parameters()))]
 
 
-def model_groups(arch: str, model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
-    """Named groups, input to output; the last is ``"head"`` (the new Head). Covers every parameter once."""
-    family = _family(arch)
+def model_groups(arch: str, model: nn.Module) -> list[ParamGroup]:
+    """Named groups, input to output; the last is ``head`` (the new Head). Covers every parameter once."""
     if not head_prefixes_of(model):
         raise UserError(f"this {arch} model has no suite Head: build it with suite.vision.models.build_model")
-    if family == "timm":
-        body = _timm_groups(model)
-    else:
-        body = _GROUP_FUNCS[family](model)
-    groups = OrderedDict(body)
-    taken = {id(m) for _, modules in body for m in modules}
-    groups["head"] = _head_group(model, taken)
+    body = _timm_groups(model) if arch.startswith(TIMM_PREFIX) else family_of(arch)[1].groups(model)
+    taken = {id(m) for _, modules, _ in body for m in modules}
+    groups = make_groups([*body, ("head", _head_group(model, taken), [])])
     check_groups(model, groups)
     return groups
-
-
-def _iter_group_params(modules: Sequence[nn.Module]) -> Iterator[nn.Parameter]:
-    for m in modules:
-        yield from m.parameters()
-
-
-def group_parameters(groups: "OrderedDict[str, list[nn.Module]]") -> "OrderedDict[str, list[nn.Parameter]]":
-    """Each group's parameters; a parameter appears once overall (first group wins, duplicates dropped)."""
-    seen: set[int] = set()
-    out: OrderedDict[str, list[nn.Parameter]] = OrderedDict()
-    for name, modules in groups.items():
-        out[name] = []
-        for p in _iter_group_params(modules):
-            if id(p) not in seen:
-                seen.add(id(p))
-                out[name].append(p)
-    return out
-
-
-def group_modules(groups: "OrderedDict[str, list[nn.Module]]") -> "OrderedDict[str, list[nn.Module]]":
-    """Each group's real model modules, flattened with all descendants (ParamHolder views left out), so a
-    caller can find BatchNorm layers with ``isinstance`` or put a frozen group in eval mode."""
-    out: OrderedDict[str, list[nn.Module]] = OrderedDict()
-    for name, modules in groups.items():
-        seen: dict[int, nn.Module] = {}
-        for m in modules:
-            for sub in m.modules():
-                if not isinstance(sub, ParamHolder):
-                    seen.setdefault(id(sub), sub)
-        out[name] = list(seen.values())
-    return out
-
-
-def check_groups(model: nn.Module, groups: "OrderedDict[str, list[nn.Module]]") -> None:
-    """Raise AssertionError unless every model parameter is in exactly one group and nothing else is."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    where: dict[int, list[str]] = {}
-    for gname, modules in groups.items():
-        for p in {id(p): p for p in _iter_group_params(modules)}.values():
-            where.setdefault(id(p), []).append(gname)
-    twice = [f"{names.get(i, '?')} in {g}" for i, g in where.items() if len(g) > 1]
-    missing = [n for i, n in names.items() if i not in where]
-    foreign = [g[0] for i, g in where.items() if i not in names]
-    if twice or missing or foreign or list(groups)[-1:] != ["head"]:
-        raise AssertionError(
-            f"bad parameter groups: in several groups {twice[:5]}, in none {missing[:5]}, "
-            f"not in the model (groups {foreign[:5]}), last group {list(groups)[-1:]} (must be 'head')"
-        )
-
-
-def describe_groups(arch: str, model: nn.Module | None = None) -> list[tuple[str, int]]:
-    """(group name, parameter count) in order, for `suite ls groups MODEL`. Builds a random-init model with
-    a 1000-way head when none is given."""
-    if model is None:
-        model, _ = build_model(arch, 1000)
-    params = group_parameters(model_groups(arch, model))
-    return [(name, sum(p.numel() for p in ps)) for name, ps in params.items()]
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -329,20 +215,24 @@ def describe_groups(arch: str, model: nn.Module | None = None) -> list[tuple[str
 
 def list_models() -> list[str]:
     """The curated model names; ``timm:<name>`` and other torchvision classification names also build."""
-    return list(_REGISTRY)
+    return [name for family in FAMILIES.values() for name in family.listed]
 
 
 def _torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _family(arch: str) -> str:
-    if arch.startswith(TIMM_PREFIX):
-        return "timm"
-    if arch in _REGISTRY:
-        return _REGISTRY[arch]
+def is_vision(arch: str) -> bool:
+    return arch.startswith(TIMM_PREFIX) or arch in list_models() or arch in _torchvision_names()
+
+
+def family_of(arch: str) -> tuple[str, Family]:
+    """The torchvision family of ``arch`` (a listed name, a prefix match, or the generic fallback)."""
+    for name, family in FAMILIES.items():
+        if arch in family.listed:
+            return name, family
     if arch in _torchvision_names():
-        return next((fam for prefix, fam in _FAMILY_PREFIXES if arch.startswith(prefix)), "generic")
+        return next(((name, f) for name, f in FAMILIES.items() if arch.startswith(f.prefixes)), ("generic", GENERIC))
     candidates = list(dict.fromkeys(list_models() + _torchvision_names()))  # registry names come first
     close = difflib.get_close_matches(arch, candidates, n=3)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
@@ -355,113 +245,11 @@ def _family(arch: str) -> str:
 # -------------------------------------------------------------------------------------------- weights
 
 
-@dataclass(frozen=True)
-class LoadReport:
-    loaded: int  # tensors copied into the model (the head's too when the file's head matched it)
-    head_skipped: int  # tensors of the file's old classifier/head left out
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from .safetensors, or a .pth/.pt/.bin state_dict (possibly under "model"/"state_dict")."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist: fix model.weights (a file path, 'none' or DEFAULT)")
-    try:
-        if path.suffix == ".safetensors":
-            import safetensors.torch
-
-            obj = safetensors.torch.load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickled code refused by weights_only, ...
-        raise UserError(f"cannot read weights file {path} ({e}); save it with torch.save(model.state_dict(), f)")
-    for key in ("model", "state_dict"):  # training checkpoints often wrap the state_dict
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"weights file {path} does not hold a state_dict of tensors; save model.state_dict()")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel/DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _few(keys: Sequence[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def load_weights_file(
-    model: nn.Module, path: str | os.PathLike, head_prefixes: Sequence[str] | None = None, arch: str = "this model"
-) -> LoadReport:
-    """Load a state_dict file into ``model``. Every non-head tensor must be there with its shape, and no
-    other non-head key may be in the file (else it is for another architecture -> UserError). The head
-    (keys under ``head_prefixes``, default: the Head's) is all-or-nothing: loaded only when the file's head
-    keys and shapes equal the model's (same task, e.g. a run's best.safetensors); otherwise all are skipped
-    and the new head keeps its fresh init, so no layer of an old classifier leaks in by a name collision."""
-    state = read_state_dict(path)
-    prefixes = tuple(head_prefixes if head_prefixes is not None else head_prefixes_of(model))
-    own = model.state_dict()
-
-    def is_head(k: str) -> bool:
-        return bool(prefixes) and k.startswith(prefixes)
-
-    body = {k: v for k, v in state.items() if not is_head(k)}
-    # num_batches_tracked is absent from old checkpoints and is not a weight.
-    missing = [k for k in own if k not in body and not is_head(k) and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in body if k not in own]
-    shape = [f"{k} {list(v.shape)} vs {list(own[k].shape)}" for k, v in body.items() if k in own
-             and v.shape != own[k].shape]
-    if missing or unexpected or shape:
-        parts = [f"{label} {_few(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("other shape", shape)) if keys]
-        raise UserError(f"weights file {path} does not fit arch {arch}: {'; '.join(parts)} — check model.arch")
-    head_file = {k: v.shape for k, v in state.items() if is_head(k)}
-    head_own = {k: v.shape for k, v in own.items() if is_head(k)}
-    load = state if head_file == head_own else body
-    model.load_state_dict(load, strict=False)
-    report = LoadReport(loaded=len(load), head_skipped=len(state) - len(load))
-    log.info("loaded %d tensors from %s; %d old head tensors skipped", report.loaded, path, report.head_skipped)
-    return report
-
-
-def _resolve_enum(arch: str, weights: str):
-    """'DEFAULT', 'IMAGENET1K_V1' or 'ResNet18_Weights.IMAGENET1K_V1' -> the torchvision weights enum."""
-    try:
-        enum_cls = torchvision.models.get_model_weights(arch)
-    except (ValueError, KeyError):
-        raise UserError(f"{arch} has no torchvision weights; set model.weights to a file or 'none'") from None
-    cls_name, _, member = weights.rpartition(".")
-    valid = list(enum_cls.__members__)
-    if cls_name and cls_name != enum_cls.__name__:
-        raise UserError(f"weights {weights} are not for {arch}: use {enum_cls.__name__}.<one of {', '.join(valid)}>")
-    if member not in enum_cls.__members__:
-        raise UserError(
-            f"unknown weights '{weights}' for {arch}: use one of {', '.join(valid)}, 'none', or a .pth/.safetensors path"
-        )
-    return enum_cls[member]
-
-
-def _download(url: str, dest: Path) -> None:
-    """Fetch into the hub cache; torch.hub looked up at call time so tests can replace it."""
-    match = torch.hub.HASH_REGEX.search(dest.name)  # torchvision file names carry a sha256 prefix
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(dest), match.group(1) if match else None, progress=True)
-
-
-def _cached_enum_file(arch: str, enum) -> Path:
-    """The enum's file in the torch hub cache, downloaded first when absent (UserError when offline)."""
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    path = folder / os.path.basename(urlparse(enum.url).path)
-    if path.is_file():
-        return path
-    try:
-        _download(enum.url, path)
-    except Exception as e:  # URLError, HTTPError, hash mismatch, timeout, ...
-        log.debug("download of %s failed: %s", enum.url, e)
-        raise UserError(
-            f"weights {enum} for {arch} are not in the torch hub cache and could not be downloaded (offline?): "
-            f"download {enum.url} and put it in {folder}/ (or set model.weights to a local .pth)"
-        ) from None
-    return path
+def load_weights_file(model: nn.Module, path, head_prefixes: Sequence[str] | None = None,
+                      arch: str = "this model") -> W.LoadReport:
+    """A state_dict file into ``model`` by core.weights' rule; the head defaults to the model's Head."""
+    prefixes = head_prefixes if head_prefixes is not None else head_prefixes_of(model)
+    return W.load_file(model, path, prefixes, arch)
 
 
 def _enum_preprocess(enum) -> Preprocess:
@@ -471,10 +259,6 @@ def _enum_preprocess(enum) -> Preprocess:
         size=int(t.crop_size[0]), resize=int(t.resize_size[0]), mean=tuple(t.mean), std=tuple(t.std),
         interpolation=interp if interp in ("nearest", "bilinear", "bicubic") else "bilinear",
     )
-
-
-def _is_file_spec(weights: str) -> bool:
-    return weights.lower().endswith(WEIGHT_FILE_SUFFIXES) or "/" in weights or os.sep in weights
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -489,28 +273,31 @@ def build_model(
     "ResNet18_Weights.IMAGENET1K_V1"; read from the torch hub cache, else downloaded), or a local
     .pth/.pt/.bin/.safetensors state_dict (e.g. a run's best.safetensors; a head of another size is skipped).
     """
-    family = _family(arch)
     hidden = tuple(hidden or ())
     _check_head_args(num_outputs, hidden, dropout)
-    if family == "timm":
+    if arch.startswith(TIMM_PREFIX):
         return _build_timm(arch[len(TIMM_PREFIX):], num_outputs, weights, hidden, dropout)
-    weights = "none" if weights is None else str(weights).strip()
-    enum = None
-    if weights.lower() != "none" and not _is_file_spec(weights):
-        enum = _resolve_enum(arch, weights)
-    elif weights.lower() != "none":
-        _check_weights_file(weights)  # before building: a VGG takes seconds to initialise
+    family_name, family = family_of(arch)
+    source = W.parse(weights)
+    enum = W.torchvision_enum(arch, source.value) if source.kind == W.NAME else None
+    if source.kind == W.FILE:
+        W.check_file(source.value)  # before building: a VGG takes seconds to initialise
     kwargs = {}
-    if family == "vit" and enum is not None and "min_size" in enum.meta:
+    if family_name == "vit" and enum is not None and "min_size" in enum.meta:
         kwargs["image_size"] = enum.meta["min_size"][0]  # SWAG weights are for 384 px: size pos_embedding
     # Always built without weights: torchvision would size the old head to 1000 classes and download.
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
-    _replace_head(family, model, hidden, dropout, num_outputs)
+    if family.mlp_replaces_classifier and hidden:
+        first = next(m for m in model.get_submodule(family.classifier).modules() if isinstance(m, nn.Linear))
+        _set_submodule(model, family.classifier, make_head(first.in_features, hidden, dropout, num_outputs))
+    else:
+        path = _classifier_linear(model, family.classifier)
+        _set_submodule(model, path, make_head(model.get_submodule(path).in_features, hidden, dropout, num_outputs))
     if enum is not None:
-        load_weights_file(model, _cached_enum_file(arch, enum), arch=arch)
+        load_weights_file(model, W.cached_enum_file(arch, enum), arch=arch)
         return model, _enum_preprocess(enum)
-    if weights.lower() != "none":
-        load_weights_file(model, weights, arch=arch)
+    if source.kind == W.FILE:
+        load_weights_file(model, source.value, arch=arch)
     return model, Preprocess()
 
 
@@ -518,19 +305,12 @@ def preprocess_for(arch: str, weights: str = "none") -> Preprocess:
     """The Preprocess that build_model would return, without building or loading anything heavy.
 
     The data pipeline needs it before the model exists (the head size comes from the data)."""
-    weights = "none" if weights is None else str(weights).strip()
-    if _family(arch) == "timm":
+    if arch.startswith(TIMM_PREFIX):
         return _timm_preprocess(_import_timm().create_model(arch[len(TIMM_PREFIX):], pretrained=False))
-    if weights.lower() == "none" or _is_file_spec(weights):
+    source = W.parse(weights)
+    if source.kind != W.NAME:
         return Preprocess()
-    return _enum_preprocess(_resolve_enum(arch, weights))
-
-
-def _check_weights_file(weights: str) -> None:
-    if not weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
-        raise UserError(f"weights file {weights} must end with one of {', '.join(WEIGHT_FILE_SUFFIXES)}")
-    if not Path(weights).is_file():
-        raise UserError(f"weights file {weights} does not exist: fix model.weights (a file path, 'none' or DEFAULT)")
+    return _enum_preprocess(W.torchvision_enum(arch, source.value))
 
 
 # ----------------------------------------------------------------------------------------------- timm
@@ -551,13 +331,12 @@ def _build_timm(name: str, num_outputs: int, weights: str, hidden: Sequence[int]
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(f"unknown timm model '{name}': {hint}names are those of timm.list_models()")
-    weights = "none" if weights is None else str(weights).strip()
-    pretrained = weights.upper() in ("DEFAULT", "PRETRAINED")
-    from_file = weights.lower() != "none" and not pretrained
-    if from_file and not _is_file_spec(weights):
+    source = W.parse(weights)
+    pretrained = source.kind == W.NAME and source.value.upper() in ("DEFAULT", "PRETRAINED")
+    if source.kind == W.NAME and not pretrained:
         raise UserError(f"timm models take weights 'none', 'DEFAULT' or a file path (got '{weights}')")
-    if from_file:
-        _check_weights_file(weights)
+    if source.kind == W.FILE:
+        W.check_file(source.value)
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_outputs)
     except Exception as e:
@@ -566,8 +345,8 @@ def _build_timm(name: str, num_outputs: int, weights: str, hidden: Sequence[int]
         raise UserError(f"could not get pretrained weights for timm:{name} ({e}) (offline?): set "
                         "model.weights to a local file or 'none'") from None
     _replace_timm_head(model, hidden, dropout, num_outputs)
-    if from_file:
-        load_weights_file(model, weights, arch=f"{TIMM_PREFIX}{name}")
+    if source.kind == W.FILE:
+        load_weights_file(model, source.value, arch=f"{TIMM_PREFIX}{name}")
     return model, _timm_preprocess(model)
 
 
@@ -600,7 +379,7 @@ def _timm_preprocess(model: nn.Module) -> Preprocess:
     )
 
 
-def _timm_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+def _timm_groups(model: nn.Module) -> Spec:
     """stem / blocks.i / top from timm's coarse group_matcher (regex dict); top-level children otherwise.
     timm merges its 'neck' entries into the last block for layer decay; here they form 'top'."""
     try:
@@ -620,10 +399,10 @@ def _timm_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
         if not pname.startswith(heads):
             key, label = _timm_key(pname, rules)
             keyed.setdefault((key, label), []).append(pname)
-    named: OrderedDict[str, list[str]] = OrderedDict()
+    named: dict[str, list[str]] = {}
     for (_, label), pnames in sorted(keyed.items(), key=lambda kv: kv[0][0]):
         named.setdefault(label, []).extend(pnames)
-    return [(label, _cover(model, pnames)) for label, pnames in named.items()]
+    return [(label, *_cover(model, pnames)) for label, pnames in named.items()]
 
 
 def _timm_key(pname: str, rules) -> tuple[tuple[float, ...], str]:
@@ -639,9 +418,9 @@ def _timm_key(pname: str, rules) -> tuple[tuple[float, ...], str]:
     return (math.inf,), "top"  # unmatched: neck layers before the classifier
 
 
-def _cover(model: nn.Module, pnames: Sequence[str]) -> list[nn.Module]:
-    """The largest modules whose parameters all lie in ``pnames``; parameters left over (owned directly by
-    a module with parameters elsewhere) go into a ParamHolder."""
+def _cover(model: nn.Module, pnames: Sequence[str]) -> tuple[list[nn.Module], list[nn.Parameter]]:
+    """The largest modules whose parameters all lie in ``pnames``, and the parameters left over (owned
+    directly by a module with parameters elsewhere, e.g. ViT's cls_token)."""
     wanted, covered, chosen = set(pnames), set(), []
     for mname, m in model.named_modules():
         if m is model or any(mname.startswith(c + ".") for c, _ in chosen):
@@ -650,5 +429,5 @@ def _cover(model: nn.Module, pnames: Sequence[str]) -> list[nn.Module]:
         if own and own <= wanted:
             chosen.append((mname, m))
             covered |= own
-    rest = [p for p in pnames if p not in covered]
-    return ([ParamHolder(model, rest)] if rest else []) + [m for _, m in chosen]
+    params = dict(model.named_parameters())
+    return [m for _, m in chosen], [params[p] for p in pnames if p not in covered]

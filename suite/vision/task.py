@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from suite.core import report
+from suite.core.export import ExportSpec, OnnxIO, OnnxModel
 from suite.core.groups import ParamGroup
-from suite.core.export import ExportSpec
 from suite.core.loop import Hooks
 from suite.core.metrics import ClassificationEvaluator, EvalResult, RegressionEvaluator, check_metric_names
 from suite.errors import UserError
@@ -22,6 +22,7 @@ from suite.vision import models
 from suite.vision.transforms import MAX_ASPECT, build_transforms
 
 SYNTHETIC = "synthetic:shapes"
+EXPORT_IO = OnnxIO(input="images", outputs=("logits",))  # [batch, 3, H, W] -> [batch, classes], batch dynamic
 
 
 def _regression(recipe: Recipe) -> bool:
@@ -48,16 +49,24 @@ class VisionModality:
         data.preprocess = pre  # the bundle's preprocessing at export time
         return data
 
-    def build_model(self, recipe: Recipe, data, weights: str) -> nn.Module:
+    def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         m = recipe.model
-        outputs = 1 if _regression(recipe) else len(data.labels)
+        outputs = 1 if _regression(recipe) else len(labels)
         model, _ = models.build_model(m.arch, outputs, weights, m.head.hidden, m.head.dropout)
         return model
 
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
-        named = models.model_groups(recipe.model.arch, model)
-        params, modules = models.group_parameters(named), models.group_modules(named)
-        return [ParamGroup(name, params[name], modules[name]) for name in named]
+        return models.model_groups(recipe.model.arch, model)
+
+    def trainer(self, recipe: Recipe, data):
+        return None  # the suite's own loop
+
+    def models(self) -> list[str]:
+        return [*models.list_models(), "timm:<name>  (any timm model, when timm is installed)",
+                "<any torchvision classification name>  (e.g. mobilenet_v2, regnet_y_400mf)"]
+
+    def task_for(self, arch: str) -> str | None:
+        return "image-classification" if models.is_vision(arch) else None
 
     def default_metric(self, recipe: Recipe) -> str:
         return "val/mse" if _regression(recipe) else "val/accuracy"
@@ -125,7 +134,18 @@ class VisionModality:
         return ExportSpec(
             meta=meta, example=torch.randn(2, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0)),
             evaluate=lambda m: self.evaluate(recipe, m, data, "val", cpu).prefixed("val"),
-            metric=self.default_metric(recipe), calibration=lambda n: _calibration(data, n, recipe.train.seed))
+            metric=self.default_metric(recipe), io=EXPORT_IO, calibration=lambda n: _calibration(data, n, recipe.train.seed))
+
+    def evaluate_bundle(self, recipe: Recipe, bundle, data, split: str) -> dict[str, float] | None:
+        """The bundle through onnxruntime, scored by the same evaluator as PyTorch."""
+        result = self.evaluate(recipe, OnnxModel(bundle), data, split, torch.device("cpu"))
+        return None if result is None else result.prefixed(split)
+
+    def export_module(self, recipe: Recipe, model: nn.Module) -> nn.Module:
+        return model
+
+    def report_sections(self, recipe: Recipe, result: EvalResult) -> list[tuple[str, str]]:
+        return []
 
     def plots(self, result: EvalResult, data, plot_dir: Path) -> list[Path]:
         if result.confusion is None:

@@ -1,0 +1,196 @@
+"""Weight sources, in one place for every family: ``none`` | a library's name (torchvision enum, Hugging Face
+id, ...) | a local file (.pth/.pt/.bin/.safetensors, e.g. a run's best.safetensors) or folder.
+
+Files load with ``torch.load(weights_only=True)`` or safetensors: nothing in a weights file runs code.
+A state_dict is loaded by one rule: every tensor of the model's body must be in the file with its shape
+(else the file is for another architecture), and the head is all or nothing (loaded only when the file's
+head equals the model's, as for a run of the same task), so no layer of an old classifier leaks in.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from suite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+NONE, FILE, NAME = "none", "file", "name"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # none | file | name
+    value: str  # the path (expanded) or the name as written
+
+
+def parse(weights: str | None) -> Source:
+    """What ``model.weights`` names: ``none``; a file (a weight-file suffix, or an existing path); or a name
+    the family resolves (torchvision enum, Hugging Face id, timm ``DEFAULT``)."""
+    text = "none" if weights is None else str(weights).strip()
+    if text.lower() == "none" or not text:
+        return Source(NONE, "none")
+    path = Path(text).expanduser()
+    if text.lower().endswith(FILE_SUFFIXES) or path.exists():
+        return Source(FILE, str(path))
+    return Source(NAME, text)
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """An existing file with a weight-file suffix, or a UserError saying what to put in model.weights."""
+    path = Path(path)
+    if not str(path).lower().endswith(FILE_SUFFIXES):
+        raise UserError(f"weights file {path} must end with one of {', '.join(FILE_SUFFIXES)}")
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist: fix model.weights (a file path, 'none' or DEFAULT)")
+    return path
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """Tensors from .safetensors, or a .pth/.pt/.bin state_dict (possibly under "model"/"state_dict")."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist: fix model.weights (a file path, 'none' or DEFAULT)")
+    try:
+        if path.suffix == ".safetensors":
+            import safetensors.torch
+
+            obj = safetensors.torch.load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickled code refused by weights_only, ...
+        detail = " ".join(str(e).split())[:300]
+        raise UserError(f"cannot read weights file {path} ({detail}); save it with torch.save(model.state_dict(), f) "
+                        "or as .safetensors") from None
+    for key in ("model", "state_dict"):  # training checkpoints often wrap the state_dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"weights file {path} does not hold a state_dict of tensors; save model.state_dict()")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel/DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    loaded: int  # tensors copied into the model (the head's too when the file's head matched it)
+    head_skipped: int  # tensors of the file's old classifier/head left out
+
+
+def _few(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_state(model, state: dict, head_prefixes: Sequence[str], source: str | os.PathLike,
+               arch: str = "this model") -> LoadReport:
+    """Load ``state`` into ``model`` by the module's rule (body exact, head all or nothing)."""
+    prefixes = tuple(head_prefixes)
+    own = model.state_dict()
+
+    def is_head(k: str) -> bool:
+        return bool(prefixes) and k.startswith(prefixes)
+
+    body = {k: v for k, v in state.items() if not is_head(k)}
+    # num_batches_tracked is absent from old checkpoints and is not a weight.
+    missing = [k for k in own if k not in body and not is_head(k) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in body if k not in own]
+    shape = [f"{k} {list(v.shape)} vs {list(own[k].shape)}" for k, v in body.items() if k in own
+             and v.shape != own[k].shape]
+    if missing or unexpected or shape:
+        parts = [f"{label} {_few(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shape", shape)) if keys]
+        raise UserError(f"weights file {source} does not fit arch {arch}: {'; '.join(parts)} — check model.arch")
+    head_file = {k: v.shape for k, v in state.items() if is_head(k)}
+    head_own = {k: v.shape for k, v in own.items() if is_head(k)}
+    load = state if head_file == head_own else body
+    model.load_state_dict(load, strict=False)
+    report = LoadReport(loaded=len(load), head_skipped=len(state) - len(load))
+    log.info("loaded %d tensors from %s; %d old head tensors skipped", report.loaded, source, report.head_skipped)
+    return report
+
+
+def load_file(model, path: str | os.PathLike, head_prefixes: Sequence[str], arch: str = "this model") -> LoadReport:
+    return load_state(model, read_state_dict(check_file(path)), head_prefixes, path, arch)
+
+
+# ----------------------------------------------------------------------------- torchvision enums
+
+
+def torchvision_enum(arch: str, name: str):
+    """'DEFAULT', 'IMAGENET1K_V1' or 'ResNet18_Weights.IMAGENET1K_V1' -> the torchvision weights enum."""
+    import torchvision
+
+    try:
+        enum_cls = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise UserError(f"{arch} has no torchvision weights; set model.weights to a file or 'none'") from None
+    cls_name, _, member = name.rpartition(".")
+    valid = list(enum_cls.__members__)
+    if cls_name and cls_name != enum_cls.__name__:
+        raise UserError(f"weights {name} are not for {arch}: use {enum_cls.__name__}.<one of {', '.join(valid)}>")
+    if member not in enum_cls.__members__:
+        raise UserError(
+            f"unknown weights '{name}' for {arch}: use one of {', '.join(valid)}, 'none', or a .pth/.safetensors path"
+        )
+    return enum_cls[member]
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch into the hub cache; torch.hub looked up at call time so tests can replace it."""
+    import torch
+
+    match = torch.hub.HASH_REGEX.search(dest.name)  # torchvision file names carry a sha256 prefix
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(dest), match.group(1) if match else None, progress=True)
+
+
+def cached_enum_file(arch: str, enum) -> Path:
+    """The enum's file in the torch hub cache, downloaded first when absent (UserError when offline)."""
+    import torch
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(urlparse(enum.url).path)
+    if path.is_file():
+        return path
+    try:
+        _download(enum.url, path)
+    except Exception as e:  # URLError, HTTPError, hash mismatch, timeout, ...
+        log.debug("download of %s failed: %s", enum.url, e)
+        raise UserError(
+            f"weights {enum} for {arch} are not in the torch hub cache and could not be downloaded (offline?): "
+            f"download {enum.url} and put it in {folder}/ (or set model.weights to a local .pth)"
+        ) from None
+    return path
+
+
+# ----------------------------------------------------------------------------- Hugging Face hub ids
+
+HF_HINT = ("offline, fetch it once where there is internet (`huggingface-cli download {id}`, then copy "
+           "~/.cache/huggingface/hub), or point model.weights at a local folder saved with save_pretrained()")
+
+
+def hub_folder(repo_id: str) -> Path:
+    """The local snapshot folder of a Hugging Face model id: from the HF cache, else downloaded (unless
+    HF_HUB_OFFLINE is set); a UserError naming the id and what to do when neither works."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError, or an id that is not a valid repo name
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "no", ""):
+        raise UserError(f"model.weights '{repo_id}' is not in the local Hugging Face cache nor a folder; "
+                        + HF_HINT.format(id=repo_id))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as e:
+        raise UserError(f"model.weights '{repo_id}' is not in the local Hugging Face cache and could not be "
+                        f"downloaded ({type(e).__name__}); " + HF_HINT.format(id=repo_id)) from None
