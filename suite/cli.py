@@ -28,12 +28,15 @@ _set = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), help="Continue the run in DIR from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
-def run(recipe, overrides, out, device, resume, overwrite):
+@click.option("--trust-weights", is_flag=True,
+              help="Load weights files that pickle Python objects (they can run code): only files you trust.")
+def run(recipe, overrides, out, device, resume, overwrite, trust_weights):
     """Train RECIPE, evaluate it, compare with baselines, and write the run directory."""
     from suite.runner import run as run_recipe
 
     if not recipe and not resume:
         raise UserError("give a RECIPE to run, or --resume DIR")
+    overrides = (*overrides, "model.trust_weights=true") if trust_weights else overrides
     result = run_recipe(recipe, overrides, out, device, resume, overwrite)
     click.echo(f"\n{result.table}\n\nrun directory: {result.run_dir} (report.md, metrics.json, checkpoints/)")
 

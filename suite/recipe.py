@@ -52,6 +52,9 @@ class ModelCfg:
     arch: str
     weights: str = "none"
     head: HeadCfg = field(default_factory=HeadCfg)
+    # load weights files that are pickles of Python objects (they can run code when loaded); only for files
+    # whose origin you trust: by default only tensors load (weights_only=True, safetensors)
+    trust_weights: bool = False
 
 
 @dataclass(frozen=True)

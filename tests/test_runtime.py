@@ -414,3 +414,67 @@ def test_cli_errors_exit_2_with_one_line(classifier, image_files, tmp_path):
     proc = run_cli_without_torch("predict", str(tmp_path / "no-bundle"), image_files[0])
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert "no-bundle" in proc.stderr and "suite export" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- a bundle is self-contained
+
+
+def test_files_outside_the_bundle_are_refused(classifier, tmp_path):
+    folder, _ = classifier
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes((folder / "model.onnx").read_bytes())
+    for name, file in (("dotdot", "../outside.onnx"), ("absolute", str(outside))):
+        with pytest.raises(ValueError, match="not inside the bundle folder"):
+            Bundle.load(edited(folder, tmp_path / name, variants={"fp32": {"file": file}}))
+    linked = edited(folder, tmp_path / "linked", variants={"fp32": {"file": "link.onnx"}})
+    (linked / "link.onnx").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside the bundle folder"):
+        Bundle.load(linked)
+
+
+def test_external_data_outside_the_bundle_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    folder = tmp_path / "b"
+    folder.mkdir()
+    convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
+    onnx.save(model, str(folder / "model.onnx"))  # writes b/weights.bin: inside, fine
+    meta = {"format_version": 1, "task": "image-classification", "labels": ["a", "b", "c"],
+            "preprocess": spec_of(PRE), "postprocess": {"type": "softmax"},
+            "variants": {"fp32": {"file": "model.onnx"}}}
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert Bundle.load(folder).run(np.ones((1, 4), np.float32)).shape == (1, 3)
+
+    for tensor in model.graph.initializer:  # the same graph, its tensor's bytes said to be one folder up
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=False)
+    with pytest.raises(ValueError, match=r"'\.\./weights\.bin'.*not inside the bundle folder"):
+        Bundle.load(folder)
+
+
+def test_broken_bundles_get_one_clear_error_each(classifier, tmp_path):
+    folder, _ = classifier
+    cut = edited(folder, tmp_path / "cut")
+    data = (cut / "model.onnx").read_bytes()
+    (cut / "model.onnx").write_bytes(data[: len(data) // 2])  # a copy that stopped half way
+    with pytest.raises(ValueError, match=r"model\.onnx is not a valid ONNX file.*truncated or corrupt"):
+        Bundle.load(cut)
+    listed = edited(folder, tmp_path / "list")
+    (listed / "model.json").write_text("[1, 2, 3]")
+    with pytest.raises(ValueError, match="is not a bundle description"):
+        Bundle.load(listed)
+    with pytest.raises(ValueError, match="has no labels list"):
+        Bundle.load(edited(folder, tmp_path / "nolabels", labels=[]))
+    with pytest.raises(ValueError, match="has no variant 'int4'; it has: fp32, int8-dynamic"):
+        Bundle.load(folder, variant="int4")
+    with pytest.raises(ValueError, match="names no file"):
+        Bundle.load(edited(folder, tmp_path / "nofile", variants={"fp32": {"size_bytes": 3}}))

@@ -19,6 +19,7 @@ from PIL import Image
 from suite_runtime.audio import AudioInput, AudioSpec, ctc_greedy, preprocess_audio
 from suite_runtime.detection import (BoxesPost, Detections, Image01Spec, LetterboxSpec, YoloPost, decode_yolo,
                                      image01, letterbox, scale_boxes, select_boxes)
+from suite_runtime.onnxfile import NotOnnx, external_files, inside
 from suite_runtime.preprocess import ImageInput, ImageSpec, preprocess_image
 
 if TYPE_CHECKING:
@@ -59,7 +60,10 @@ def read_meta(root: Path) -> dict:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{file} is not valid JSON ({e}); re-export the bundle") from None
-    version = meta.get("format_version", FORMAT_VERSION) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{file} is not a bundle description (a JSON object with labels, preprocess, "
+                         "postprocess and variants); re-export the bundle")
+    version = meta.get("format_version", FORMAT_VERSION)
     if version is None or not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{file} has format_version {version!r}; this suite-runtime reads up to "
                          f"{FORMAT_VERSION}, upgrade finetune-suite-runtime")
@@ -89,6 +93,17 @@ def make_session(model: Path, threads: int | None) -> tuple[ort.InferenceSession
                "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                "providers": session.get_providers(), "onnxruntime_version": ort.__version__}
     return session, summary
+
+
+def _check_labels(root: Path, meta: dict) -> None:
+    """Classification, detection and CTC bundles name their classes (or tokens); their outputs index into them."""
+    post = meta.get("postprocess") if isinstance(meta.get("postprocess"), dict) else {}
+    labels = meta.get("labels")
+    if post.get("type") == "identity":
+        return
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, (str, int)) for x in labels):
+        raise ValueError(f"{root / 'model.json'} has no labels list, which a {post.get('type') or 'classification'} "
+                         "bundle needs to name its outputs; re-export the bundle")
 
 
 def _as_list(inputs, audio: bool = False) -> list:
@@ -123,12 +138,25 @@ class Bundle:
             root = root.parent
         meta = read_meta(root)
         variants = meta.get("variants") or {"fp32": {"file": "model.onnx"}}
+        if not isinstance(variants, dict):
+            raise ValueError(f"{root / 'model.json'}: variants must map names to {{\"file\": ...}}; re-export the bundle")
         name = variant or meta.get("default_variant") or next(iter(variants))
         if name not in variants:
             raise ValueError(f"bundle {root} has no variant '{name}'; it has: {', '.join(variants)}")
-        model = root / variants[name]["file"]
+        file = variants[name].get("file") if isinstance(variants[name], dict) else None
+        if not isinstance(file, str):
+            raise ValueError(f"{root / 'model.json'}: variant '{name}' names no file; re-export the bundle")
+        model = inside(root, file)
         if not model.is_file():
             raise FileNotFoundError(f"{model} (variant '{name}') not found in bundle {root}; {EXPORT_HINT}")
+        try:
+            external = external_files(model)
+        except NotOnnx as e:
+            raise ValueError(f"{model} is not a valid ONNX file ({e}): truncated or corrupt? re-export the bundle") \
+                from None
+        for location in external:  # onnxruntime reads external data relative to the model's own folder
+            inside(root, str(Path(file).parent / location))
+        _check_labels(root, meta)
         session, summary = make_session(model, threads)
         return cls(root, meta, name, session, summary)
 

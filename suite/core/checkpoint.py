@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from suite.errors import DiskError
+from suite.errors import DiskError, UserError
 
 # What a full, failing or read-only disk raises: the run stops with exit 2 and the previous file intact.
 DISK_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error",
@@ -133,9 +133,21 @@ def _tensor_bytes(obj) -> int:
 
 
 def load_state(path: str | os.PathLike) -> dict:
+    """A resume state written by ``save_state``: tensors and plain containers only (``weights_only=True``), so
+    a file that was swapped for one carrying code is refused, not run."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated by a full disk, replaced, or not written by this suite
+        detail = " ".join(str(e).split())[:200]
+        raise UserError(f"cannot read the checkpoint {path} ({type(e).__name__}: {detail}); it was not written "
+                        "completely by this suite: start the run again with --overwrite") from None
+    if not isinstance(state, dict) or "position" not in state:
+        raise UserError(f"{path} is not a checkpoint of this suite (no position); start again with --overwrite")
+    return state
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict) -> Path:

@@ -2,6 +2,9 @@
 id, ...) | a local file (.pth/.pt/.bin/.safetensors, e.g. a run's best.safetensors) or folder.
 
 Files load with ``torch.load(weights_only=True)`` or safetensors: nothing in a weights file runs code.
+A file that needs more (a pickled model object) loads only with classes a family allows by name (Ultralytics'
+layers for YOLO checkpoints), or when the user says they trust it (``model.trust_weights: true`` or
+``--trust-weights``); otherwise it is refused with the file's name and that opt-in.
 A state_dict is loaded by one rule: every tensor of the model's body must be in the file with its shape
 (else the file is for another architecture), and the head is all or nothing (loaded only when the file's
 head equals the model's, as for a run of the same task), so no layer of an old classifier leaks in.
@@ -21,6 +24,12 @@ log = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 NONE, FILE, NAME = "none", "file", "name"
+TRUST_HINT = ("re-save it as .safetensors or as a plain state_dict (torch.save(model.state_dict(), f)), or, if you "
+              "trust where it came from, set model.trust_weights: true (--trust-weights)")
+
+
+class Untrusted(Exception):
+    """A pickle that needs globals nobody allowed: loading it could run code."""
 
 
 @dataclass(frozen=True)
@@ -51,32 +60,102 @@ def check_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_state_dict(path: str | os.PathLike) -> dict:
+def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict:
     """Tensors from .safetensors, or a .pth/.pt/.bin state_dict (possibly under "model"/"state_dict")."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: fix model.weights (a file path, 'none' or DEFAULT)")
-    try:
-        if path.suffix == ".safetensors":
-            import safetensors.torch
-
-            obj = safetensors.torch.load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickled code refused by weights_only, ...
-        detail = " ".join(str(e).split())[:300]
-        raise UserError(f"cannot read weights file {path} ({detail}); save it with torch.save(model.state_dict(), f) "
-                        "or as .safetensors") from None
-    for key in ("model", "state_dict"):  # training checkpoints often wrap the state_dict
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+    if path.suffix == ".safetensors":
+        obj = _read_safetensors(path)
+    else:
+        obj = read_pickle(path, trust=trust)
+    for key in ("model", "state_dict", "ema"):  # training checkpoints often wrap the state_dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), (dict, torch.nn.Module)):
             obj = obj[key]
+            break
+    if isinstance(obj, torch.nn.Module):  # a trusted pickled model object: its weights
+        obj = {k: v.float() if v.is_floating_point() else v for k, v in obj.state_dict().items()}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"weights file {path} does not hold a state_dict of tensors; save model.state_dict()")
     if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel/DDP
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
+
+
+def _read_safetensors(path: Path) -> dict:
+    import safetensors.torch
+
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as e:  # truncated, not safetensors, a header that lies about sizes
+        raise UserError(f"cannot read weights file {path} ({_short(e)}); is it a complete .safetensors file?") from None
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def read_pickle(path: str | os.PathLike, allowed: Sequence = (), trust: bool = False):
+    """``torch.load`` of a pickle with ``weights_only=True``: tensors and plain containers, plus the classes in
+    ``allowed`` (by torch's safe_globals). With ``trust`` anything loads (the pickle may run code: the user
+    said they trust the file). UserError for a file that needs other globals, naming them and the opt-in."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if trust:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise UserError(f"cannot read weights file {path} ({_short(e)})") from None
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e).lower() and "global" not in str(e).lower():
+            raise UserError(f"cannot read weights file {path} ({_short(e)}); is it complete?") from None
+        needs = _unsafe_globals(path)
+        shown = f" ({', '.join(needs[:3])}{', ...' if len(needs) > 3 else ''})" if needs else ""
+        raise UserError(f"weights file {path} holds Python objects beyond tensors{shown}, and unpickling them could "
+                        f"run code: {TRUST_HINT}") from None
+    except Exception as e:  # truncated zip, not a torch file at all, ...
+        raise UserError(f"cannot read weights file {path} ({_short(e)}); save it with "
+                        "torch.save(model.state_dict(), f) or as .safetensors") from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # an old (non-zip) torch file: the message says enough without the names
+        return []
+
+
+def allowed_globals(path: str | os.PathLike, prefixes: Sequence[str], allow) -> list:
+    """The globals a pickled checkpoint needs beyond tensors, resolved to objects, when every name starts with
+    one of ``prefixes`` and ``allow(name, obj)`` accepts the object; Untrusted naming the refused ones
+    otherwise. A name is imported only after its prefix passed (nothing from the file runs)."""
+    import importlib
+
+    import torch
+
+    out, refused = [], []
+    for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
+        module, _, attr = name.rpartition(".")
+        obj = None
+        if name.startswith(tuple(prefixes)):
+            try:
+                obj = getattr(importlib.import_module(module), attr)
+            except Exception:  # a module that is not installed, a name it does not have
+                obj = None
+        (out.append(obj) if obj is not None and allow(name, obj) else refused.append(name))
+    if refused:
+        raise Untrusted(", ".join(refused[:3]) + (", ..." if len(refused) > 3 else ""))
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,8 +196,9 @@ def load_state(model, state: dict, head_prefixes: Sequence[str], source: str | o
     return report
 
 
-def load_file(model, path: str | os.PathLike, head_prefixes: Sequence[str], arch: str = "this model") -> LoadReport:
-    return load_state(model, read_state_dict(check_file(path)), head_prefixes, path, arch)
+def load_file(model, path: str | os.PathLike, head_prefixes: Sequence[str], arch: str = "this model",
+              trust: bool = False) -> LoadReport:
+    return load_state(model, read_state_dict(check_file(path), trust), head_prefixes, path, arch)
 
 
 # ----------------------------------------------------------------------------- torchvision enums

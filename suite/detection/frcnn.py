@@ -32,7 +32,8 @@ def is_frcnn(arch: str) -> bool:
 HEAD = "roi_heads.box_predictor."
 
 
-def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | None = None) -> nn.Module:
+def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | None = None,
+                trust: bool = False) -> nn.Module:
     """torchvision's model with a new box predictor for ``len(labels)`` classes (+ background).
 
     ``weights``: ``none``, ``DEFAULT`` or an enum name (COCO detection weights from the torch hub cache),
@@ -59,7 +60,7 @@ def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | 
         W.check_file(source.value)
     model = builder(weights=None, weights_backbone=backbone, num_classes=n, **kw)
     if source.kind == W.FILE:
-        W.load_file(model, source.value, [HEAD], arch)
+        W.load_file(model, source.value, [HEAD], arch, trust)
         freeze_backbone_norms(model)  # a trained backbone: its statistics stay as they are
     return model
 

@@ -85,9 +85,10 @@ class DetectionModality:
 
     def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         arch = recipe.model.arch
+        trust = recipe.model.trust_weights
         if _kind(recipe) == "yolo":
-            return yolo.build_model(arch, list(labels), weights)
-        model = frcnn.build_model(arch, labels, weights, recipe.data.image_size)
+            return yolo.build_model(arch, list(labels), weights, trust)
+        model = frcnn.build_model(arch, labels, weights, recipe.data.image_size, trust)
         if weights == "none" and recipe.model.weights != "none":  # reloading a run: the same norm layers
             frcnn.freeze_backbone_norms(model)
         return model

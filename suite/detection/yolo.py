@@ -58,7 +58,7 @@ def is_yolo(arch: str) -> bool:
     return bool(ARCH.match(arch))
 
 
-def build_model(arch: str, labels: list[str], weights: str):
+def build_model(arch: str, labels: list[str], weights: str, trust: bool = False):
     """An Ultralytics DetectionModel from ``ARCH.yaml`` with ``len(labels)`` classes, pre-trained when asked."""
     _ultralytics()
     from ultralytics.nn.tasks import DetectionModel
@@ -74,21 +74,52 @@ def build_model(arch: str, labels: list[str], weights: str):
         quiet.setLevel(level)
     model.names = dict(enumerate(labels))
     if weights != "none":
-        _load_weights(model, weights, arch)
+        _load_weights(model, weights, arch, trust)
     return model
 
 
-def _load_weights(model, weights: str, arch: str) -> None:
+def _load_weights(model, weights: str, arch: str, trust: bool = False) -> None:
     path = _resolve(weights)
-    if path.suffix != ".pt":  # a state_dict (e.g. a suite run of a YOLO model, maybe with other classes)
-        W.load_file(model, path, head_prefixes(model), arch)
-        return
-    from ultralytics.nn.tasks import load_checkpoint
+    state = _checkpoint_state(path, trust) if path.suffix == ".pt" else W.read_state_dict(W.check_file(path), trust)
+    W.load_state(model, state, head_prefixes(model), path, arch)
 
-    # Ultralytics checkpoints are pickled models: torch.load(weights_only=False) inside Ultralytics' loader,
-    # so only load .pt files you trust (official releases, your own runs). Our own runs use safetensors.
-    source, _ = load_checkpoint(str(path))
-    model.load(source, verbose=False)  # transfers every tensor whose shape fits (all but the class branch)
+
+# What a checkpoint Ultralytics saved holds beyond tensors: its layers (pickled model objects), torch's layers,
+# and a few plain data types. Classes are rebuilt without running their __init__ (pickle's NEWOBJ + state).
+ALLOWED_PREFIXES = ("ultralytics.nn.modules.", "ultralytics.nn.tasks.", "torch.nn.modules.")
+ALLOWED_DATA = ("ultralytics.utils.IterableSimpleNamespace", "types.SimpleNamespace", "pathlib.PosixPath",
+                "pathlib.WindowsPath", "builtins.set")
+DENIED = ("TorchVision",)  # a layer that loads other weights when built
+
+
+def _allowed(name: str, obj) -> bool:
+    if name in ALLOWED_DATA:
+        return True
+    return isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__name__ not in DENIED
+
+
+def _checkpoint_state(path: Path, trust: bool) -> dict:
+    """The weights of an Ultralytics .pt checkpoint (its EMA model if it has one), loaded with
+    ``weights_only=True`` and Ultralytics' layer classes allowed by name, or anything with ``trust``."""
+    _ultralytics()
+    if trust:
+        ckpt = W.read_pickle(path, trust=True)
+    else:
+        try:
+            allowed = W.allowed_globals(path, ALLOWED_PREFIXES + ALLOWED_DATA, _allowed)
+        except W.Untrusted as e:
+            raise UserError(f"weights file {path} needs {e} to load, which is not a layer of an Ultralytics "
+                            f"checkpoint, and unpickling it could run code: {W.TRUST_HINT}") from None
+        except Exception as e:  # not a zip-format torch file at all
+            raise UserError(f"cannot read weights file {path} ({type(e).__name__}); is it an Ultralytics .pt "
+                            "checkpoint?") from None
+        ckpt = W.read_pickle(path, allowed)
+    source = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
+    if isinstance(source, nn.Module):
+        return {k: v.float() if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    if isinstance(source, dict) and all(isinstance(v, torch.Tensor) for v in source.values()):
+        return source
+    raise UserError(f"weights file {path} holds no model weights (expected an Ultralytics checkpoint with 'model')")
 
 
 CLASS_BRANCH = re.compile(r"(one2one_)?cv3\.\d+\.2$")  # Detect's last conv of each class branch: nc outputs

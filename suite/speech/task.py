@@ -54,7 +54,8 @@ class SpeechModality:
     def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         m = recipe.model
         return wav2vec2.build_model(m.arch, len(labels), weights, _ctc(recipe), pad_id=0,
-                                    mask_time_prob=MASK_TIME_PROB.get(recipe.data.augment, 0.05))
+                                    mask_time_prob=MASK_TIME_PROB.get(recipe.data.augment, 0.05),
+                                    trust=m.trust_weights)
 
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
         return wav2vec2.groups(model)

@@ -46,7 +46,7 @@ def _head_kwargs(ctc: bool, n: int, pad_id: int) -> dict:
 
 
 def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int = 0, mask_time_prob: float = 0.05,
-                layerdrop: float = 0.0) -> nn.Module:
+                layerdrop: float = 0.0, trust: bool = False) -> nn.Module:
     """Wav2Vec2ForSequenceClassification / ForCTC with ``n_outputs`` classes or vocabulary tokens.
 
     ``weights``: ``none`` (random init, ``arch`` sets the size), a Hugging Face id (from the local HF cache),
@@ -66,11 +66,14 @@ def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int 
     if source.kind == W.NONE or (source.kind == W.FILE and not folder.is_dir()):
         model = cls(Wav2Vec2Config(**SIZES[arch], **extra))
         if source.kind == W.FILE:
-            W.load_file(model, source.value, head_prefixes(model), arch)
+            W.load_file(model, source.value, head_prefixes(model), arch, trust)
         return model
     if source.kind == W.NAME:
         folder = W.hub_folder(source.value)
-    return cls.from_pretrained(str(folder), ignore_mismatched_sizes=True, **extra)
+    if not trust and not any(folder.glob("*.safetensors")):  # pytorch_model.bin is a pickle
+        raise UserError(f"model.weights {weights}: {folder} has no .safetensors weights (a pytorch_model.bin is a "
+                        f"pickle, which can run code when loaded): {W.TRUST_HINT}")
+    return cls.from_pretrained(str(folder), ignore_mismatched_sizes=True, use_safetensors=not trust, **extra)
 
 
 def head_prefixes(model: nn.Module) -> list[str]:

@@ -246,10 +246,10 @@ def family_of(arch: str) -> tuple[str, Family]:
 
 
 def load_weights_file(model: nn.Module, path, head_prefixes: Sequence[str] | None = None,
-                      arch: str = "this model") -> W.LoadReport:
+                      arch: str = "this model", trust: bool = False) -> W.LoadReport:
     """A state_dict file into ``model`` by core.weights' rule; the head defaults to the model's Head."""
     prefixes = head_prefixes if head_prefixes is not None else head_prefixes_of(model)
-    return W.load_file(model, path, prefixes, arch)
+    return W.load_file(model, path, prefixes, arch, trust)
 
 
 def _enum_preprocess(enum) -> Preprocess:
@@ -265,18 +265,20 @@ def _enum_preprocess(enum) -> Preprocess:
 
 
 def build_model(
-    arch: str, num_outputs: int, weights: str = "none", hidden: Sequence[int] = (), dropout: float = 0.0
+    arch: str, num_outputs: int, weights: str = "none", hidden: Sequence[int] = (), dropout: float = 0.0,
+    trust: bool = False,
 ) -> tuple[nn.Module, Preprocess]:
     """The model with a new Head of ``num_outputs`` and loaded ``weights``, plus its Preprocess.
 
     weights: "none" (random init), a torchvision enum name ("DEFAULT", "IMAGENET1K_V1",
     "ResNet18_Weights.IMAGENET1K_V1"; read from the torch hub cache, else downloaded), or a local
     .pth/.pt/.bin/.safetensors state_dict (e.g. a run's best.safetensors; a head of another size is skipped).
+    ``trust``: a pickle holding more than tensors may load (it can run code).
     """
     hidden = tuple(hidden or ())
     _check_head_args(num_outputs, hidden, dropout)
     if arch.startswith(TIMM_PREFIX):
-        return _build_timm(arch[len(TIMM_PREFIX):], num_outputs, weights, hidden, dropout)
+        return _build_timm(arch[len(TIMM_PREFIX):], num_outputs, weights, hidden, dropout, trust)
     family_name, family = family_of(arch)
     source = W.parse(weights)
     enum = W.torchvision_enum(arch, source.value) if source.kind == W.NAME else None
@@ -297,7 +299,7 @@ def build_model(
         load_weights_file(model, W.cached_enum_file(arch, enum), arch=arch)
         return model, _enum_preprocess(enum)
     if source.kind == W.FILE:
-        load_weights_file(model, source.value, arch=arch)
+        load_weights_file(model, source.value, arch=arch, trust=trust)
     return model, Preprocess()
 
 
@@ -324,7 +326,8 @@ def _import_timm():
     return timm
 
 
-def _build_timm(name: str, num_outputs: int, weights: str, hidden: Sequence[int], dropout: float):
+def _build_timm(name: str, num_outputs: int, weights: str, hidden: Sequence[int], dropout: float,
+                trust: bool = False):
     """timm model; weights: 'none', 'DEFAULT'/'pretrained' (timm's own hub download), or a local file."""
     timm = _import_timm()
     if not timm.is_model(name):
@@ -346,7 +349,7 @@ def _build_timm(name: str, num_outputs: int, weights: str, hidden: Sequence[int]
                         "model.weights to a local file or 'none'") from None
     _replace_timm_head(model, hidden, dropout, num_outputs)
     if source.kind == W.FILE:
-        load_weights_file(model, source.value, arch=f"{TIMM_PREFIX}{name}")
+        load_weights_file(model, source.value, arch=f"{TIMM_PREFIX}{name}", trust=trust)
     return model, _timm_preprocess(model)
 
 

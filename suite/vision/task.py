@@ -52,7 +52,7 @@ class VisionModality:
     def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         m = recipe.model
         outputs = 1 if _regression(recipe) else len(labels)
-        model, _ = models.build_model(m.arch, outputs, weights, m.head.hidden, m.head.dropout)
+        model, _ = models.build_model(m.arch, outputs, weights, m.head.hidden, m.head.dropout, m.trust_weights)
         return model
 
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
