@@ -20,6 +20,7 @@ from suite.core.schedule import SCHEDULERS, Stage
 from suite.datasets import SENTENCE_STYLES
 from suite.errors import FieldError, UserError
 
+MAX_RECIPE_BYTES = 1 << 20
 BALANCE = ("none", "sampler", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -393,7 +394,14 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), tasks: Collecti
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe {path} not found; `suite ls recipes` lists the bundled ones")
-    text = path.read_text(encoding="utf-8")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:  # a recipe is a page of YAML; parsing megabytes of it would only hang
+        raise UserError(f"recipe {path} is {size / 2**20:.1f} MiB; a recipe is a few KB of YAML (at most "
+                        f"{MAX_RECIPE_BYTES // 2**10} KiB): is it the right file?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"recipe {path} is not UTF-8 text ({e.reason}); is it the right file?") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

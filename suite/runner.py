@@ -96,7 +96,11 @@ def _fresh_run_dir(path: Path, overwrite: bool) -> Path:
 def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool = False,
                on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror or e}); choose another --out") \
+            from None
     checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
     data = mod.load_data(recipe)
@@ -173,7 +177,15 @@ def _write_report(recipe: Recipe, run_dir: Path, mod: Modality, val, data, table
                   extra_sections=(), extra_plots=()) -> None:
     plots_dir = run_dir / "plots"
     history = report.read_history(run_dir / rundir.HISTORY)
-    plots = [report.plot_curves(history, plots_dir / "curves.png"), *mod.plots(val, data, plots_dir), *extra_plots]
+    plots, missing = [], []
+    for what, draw in (("training curves", lambda: [report.plot_curves(history, plots_dir / "curves.png")]),
+                       ("task plots", lambda: mod.plots(val, data, plots_dir))):
+        try:
+            plots += draw()
+        except Exception as e:  # reporting only: the run's model and metrics are already written
+            missing.append(f"- {what}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            log(f"[{recipe.name}] {what} not drawn ({type(e).__name__}); the run itself succeeded")
+    plots += list(extra_plots)
     summary = {"task": recipe.task, "model": recipe.model.arch, "weights": recipe.model.weights,
                "data": f"{recipe.data.format} {recipe.data.root}".strip(), "classes": str(len(data.labels)),
                "epochs": str(len(history)), "wall time": f"{seconds:.1f} s"}
@@ -181,6 +193,8 @@ def _write_report(recipe: Recipe, run_dir: Path, mod: Modality, val, data, table
     sections = [("Data", data.report.summary()),
                 ("Schedule", "\n".join(f"- stage {i}: {_describe(s)}" for i, s in enumerate(recipe.stages()))),
                 ("Validation metrics", table), *task_sections, *extra_sections]
+    if missing:
+        sections.append(("Plots not drawn", "\n".join(missing)))
     report.write_report(run_dir / rundir.REPORT, title=f"Run {recipe.name}", summary=summary,
                         sections=sections, plots=plots)
 

@@ -196,3 +196,26 @@ def test_non_finite_losses_stop_a_yolo_stage(recipe_file, tmp_path, monkeypatch)
                                   select_metric="val/map50_95"), tmp_path, torch.device("cpu"), False, [])
     after = dict(model.named_parameters())
     assert all(torch.equal(before[k], after[k]) for k in before)  # no step was taken on a NaN gradient
+
+
+def test_sigterm_stops_yolo_at_the_end_of_its_epoch_and_resume_continues_the_stage(recipe_file, tmp_path):
+    import os
+    import signal
+
+    from suite.core.stages import Interrupted
+
+    one_stage = ["schedule=[{epochs: 2, train: all, lr: 0.01}]"]
+
+    def sigterm_after_first_epoch(pos):
+        if pos.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as stopped:
+        run(recipe_file, one_stage, tmp_path / "run", on_epoch_end=[sigterm_after_first_epoch])
+    assert stopped.value.exit_code == 143 and "end of epoch 1" in stopped.value.where
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["inside"]["epoch"] == 1 and saved["inside"]["optimizer"]["param_groups"]  # Ultralytics' own state
+    resumed = run(None, resume=tmp_path / "run")
+    rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and [r.split(",")[:2] for r in rows[1:]] == [["1", "0"], ["2", "0"]]
+    assert resumed.metrics["val"]["val/map50_95"] >= 0

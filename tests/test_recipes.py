@@ -1,4 +1,5 @@
 """Every recipe under recipes/ (recursively) parses, validates and runs end to end with tiny overrides."""
+import json
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
         if raw["data"]["format"] != "synthetic:shapes":
             out.append("data.synthetic.classes=[circle, square, star]")
         out += [f"schedule.{i}.epochs=1" for i in range(len(raw["schedule"]))]
+        if "bench" not in raw:  # the recipe's own benchmark (Faster R-CNN: one image per call, batch 1)
+            return out + ["export.quantize=[]", "bench.warmup=0", "bench.iters=2"]
         return out + ["export.quantize=[]", "bench.batch_sizes=[]"]
     out = ["model.weights=none", "data.image_size=32", "data.resize=32", "train.batch_size=4",
            "data.synthetic.train_per_class=3", "data.synthetic.val_per_class=2", "data.synthetic.size=32"]
@@ -73,5 +76,8 @@ def test_recipe_runs_with_tiny_overrides(path, data_root, tmp_path):
     rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(full.schedule)  # header + one epoch per stage
     if full.export.onnx:
-        assert (tmp_path / "run" / "export" / "verify.json").is_file()
+        assert json.loads((tmp_path / "run" / "export" / "verify.json").read_text())["passed"]
         assert "Export parity" in (tmp_path / "run" / "report.md").read_text()
+    if full.export.onnx and "bench" not in yaml.safe_load(path.read_text()):
+        rows = json.loads((tmp_path / "run" / "bench.json").read_text())["rows"]
+        assert rows and {r["batch"] for r in rows} == {1} and all(r["p50_ms"] for r in rows)

@@ -132,3 +132,28 @@ schedule: [{{epochs: 2, train: all, lr: 1.0e-3}}]
     result = run(recipe, TINY, tmp_path / "run")
     assert set(result.metrics["val"]) >= {"val/mse", "val/mae", "val/loss"}
     assert result.metrics["val"]["val/mse"] >= 0
+
+
+def test_a_benchmark_or_plot_that_fails_never_fails_the_finished_run(tmp_path, shapes, monkeypatch):
+    """After training, reporting that cannot run says why in report.md and bench.json; the run succeeds."""
+    import suite.benching
+    from suite.core import report
+
+    def no_bench(*args, **kwargs):
+        raise RuntimeError("no onnxruntime session for this graph")
+
+    def no_curves(*args, **kwargs):
+        raise ValueError("matplotlib backend gone")
+
+    monkeypatch.setattr(suite.benching, "bench_run_dir", no_bench)
+    monkeypatch.setattr(report, "plot_curves", no_curves)
+    recipe = write_recipe(tmp_path / "r.yaml", shapes, extra="export: {onnx: true}\n")
+    out = tmp_path / "run"
+    result = run(recipe, [*TINY, "schedule.1.epochs=1"], out)
+    assert json.loads((out / "export" / "verify.json").read_text())["passed"]
+    text = (out / "report.md").read_text()
+    assert "Not run: RuntimeError: no onnxruntime session for this graph" in text
+    assert "training curves: ValueError: matplotlib backend gone" in text
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["rows"] == [] and "no onnxruntime session" in bench["error"]
+    assert result.metrics["val"]["val/accuracy"] >= 0

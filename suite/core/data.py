@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import stat
 import sys
 import warnings
 from collections import Counter
@@ -175,6 +176,28 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
+def walk_files(folder: str | os.PathLike) -> Iterator[str]:
+    """Every visible file under ``folder``, sorted per folder, following links to folders once each: a link
+    loop (a folder linking to its parent) is walked once, never forever."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        yield from (os.path.join(dirpath, name) for name in sorted(filenames) if _visible(name))
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """A regular file (through links): not a folder, FIFO, socket or device, whose open() could block."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def class_files(folder: Path, exts: Sequence[str], notes: list[str], kind: str) -> dict[str, list[str]]:
     """``kind`` files (extension in ``exts``) under each visible subfolder of ``folder``, recursively and
     sorted; empty classes dropped. What is ignored (loose files, other files, empty folders) goes to ``notes``."""
@@ -185,16 +208,12 @@ def class_files(folder: Path, exts: Sequence[str], notes: list[str], kind: str) 
         notes.append(f"{len(loose)} {kind} file(s) directly in {folder} are not in a class folder (ignored)")
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name)):
         files: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(sub):  # no followlinks: symlink loops cannot hang us
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            for name in filenames:
-                ext = os.path.splitext(name)[1].lower()
-                if not _visible(name):
-                    continue
-                if ext in exts:
-                    files.append(os.path.join(dirpath, name))
-                else:
-                    others[ext or name] += 1
+        for path in walk_files(sub):
+            ext = os.path.splitext(path)[1].lower()
+            if ext in exts:
+                files.append(path)
+            else:
+                others[ext or os.path.basename(path)] += 1
         if files:
             classes[sub.name] = sorted(files)
         else:
@@ -289,8 +308,14 @@ class ImageInfo:
     height: int
 
 
+class NotAFile(OSError):
+    """A path that is a folder, FIFO, socket or device: never opened (a FIFO's open() blocks)."""
+
+
 def check_image(path: str | os.PathLike) -> ImageInfo:
     """Decode every byte of ``path`` once (JPEGs at reduced DCT scale); raises on a broken file."""
+    if os.path.exists(path) and not is_regular_file(path):
+        raise NotAFile(f"{path} is not a regular file")
     with open_image(path) as image:
         kind, mode, (width, height) = (image.format or "").lower(), image.mode, image.size
         try:
@@ -325,6 +350,8 @@ def skip_reason(path: str | os.PathLike, exc: BaseException) -> str:
 
     if isinstance(exc, FileNotFoundError):
         return "missing file"
+    if isinstance(exc, (NotAFile, IsADirectoryError)):
+        return "not a regular file"
     if isinstance(exc, UnidentifiedImageError):
         return "empty file" if os.path.isfile(path) and os.path.getsize(path) == 0 else "not an image"
     if isinstance(exc, Image.DecompressionBombError):

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from suite.core.data import ScanReport, class_folders, label_order, scan_workers, split_indices
+from suite.core.data import ScanReport, class_folders, is_regular_file, label_order, scan_workers, split_indices
 from suite.errors import UserError
 from suite.speech.text import Vocab, ctc_min_frames, normalize
 
@@ -43,7 +43,7 @@ CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 
 # Why a clip is skipped (one reason per clip: the first problem found).
 MISSING, UNREADABLE, EMPTY, NOT_FINITE = "missing file", "unreadable", "empty", "NaN/inf samples"
-SILENT, TOO_LONG, TOO_SHORT = "silent", "too long", "too short"
+SILENT, TOO_LONG, TOO_SHORT, NOT_A_FILE = "silent", "too long", "too short", "not a regular file"
 NO_PATH, NO_LABEL = "row without a path", "missing label"
 EMPTY_TEXT, SHORT_FOR_TEXT = "empty transcript", "too short for its transcript"
 
@@ -147,6 +147,8 @@ def _probe(job: _Candidate, sample_rate: int, max_seconds: float | None) -> Clip
         return job.reason
     if job.text is not None and not job.text:
         return EMPTY_TEXT
+    if job.path.exists() and not is_regular_file(job.path):  # a FIFO's open() would block the scan
+        return NOT_A_FILE
     try:
         if max_seconds is not None:
             info = sf.info(str(job.path))
