@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,9 +67,9 @@ def export_model(recipe: Recipe, mod: Modality, data, model, out: Path, cfg) -> 
         drop = cfg.verify.max_metric_drop if fp32 else cfg.verify.int8_max_metric_drop
         task = ex.task_parity(reference, spec.evaluate(ex.OnnxModel(bundle)), spec.metric, drop)
         report["variants"][name] = {"tensor": tensors, "task": task, "passed": tensors["passed"] and task["passed"]}
+        diff = max(math.inf if r["max_abs_diff"] is None else r["max_abs_diff"] for r in tensors["shapes"])
         tqdm.write(f"[{recipe.name}] verify {name}: {spec.metric} torch {task['torch']:.4f} "
-                   f"onnxruntime {task['onnxruntime']:.4f}, max abs diff "
-                   f"{max((r['max_abs_diff'] or float('inf')) for r in tensors['shapes']):.2e}")
+                   f"onnxruntime {task['onnxruntime']:.4f}, max abs diff {diff:.2e}")
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     ex.write_json(out / "verify.json", report)
     if not report["passed"]:

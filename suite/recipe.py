@@ -40,8 +40,11 @@ def _one_of(name: str, value: str, valid: Sequence[str]) -> None:
 class HeadCfg:
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
+    keep: bool = False  # `head: keep`: the weights' own classifier and its labels (ImageNet's), no new head
 
     def __post_init__(self):
+        if self.keep and (self.hidden or self.dropout):
+            raise FieldError("keep", "keeps the pre-trained classifier as it is: remove hidden and dropout")
         if any(h < 1 for h in self.hidden):
             raise FieldError("hidden", f"layer sizes must be >= 1, got {list(self.hidden)}")
         if not 0 <= self.dropout < 1:
@@ -227,8 +230,10 @@ class Recipe:
     bench: BenchCfg = field(default_factory=BenchCfg)
 
     def __post_init__(self):
-        if not self.schedule:
-            raise FieldError("schedule", "needs at least one stage, e.g. {epochs: 3, train: head, lr: 1.0e-3}")
+        if not self.schedule and not self.model.head.keep:
+            raise FieldError("schedule", "needs at least one stage, e.g. {epochs: 3, train: head, lr: 1.0e-3} "
+                                         "(an empty schedule only with model.head: keep, to evaluate and export "
+                                         "the pre-trained model as it is)")
 
     def stages(self) -> list[Stage]:
         """The schedule with the optimizer's warm-up and scheduler filled in where a stage is silent."""
@@ -280,6 +285,8 @@ class _Where:
 
 
 def _build(cls, raw, path: list, where: _Where):
+    if cls is HeadCfg and raw == "keep":  # `head: keep`
+        raw = {"keep": True}
     if not isinstance(raw, Mapping):
         raise where.error(path, f"expected a mapping of {cls.__name__} keys, got {raw!r}")
     hints = typing.get_type_hints(cls)

@@ -48,10 +48,13 @@ def scratch_recipe(recipe: Recipe) -> Recipe:
 
     It uses the first stage's LR (the head's, usually the largest) with the recipe's optimizer.
     """
+    if not recipe.schedule:
+        raise UserError("eval.compare: [scratch] trains the model from random init on the schedule's budget; "
+                        "with an empty schedule there is none: remove the compare")
     stage = Stage(epochs=total_epochs(recipe.schedule), train="all", lr=recipe.schedule[0].lr)
     return dataclasses.replace(
         recipe, name=f"{recipe.name}-scratch", schedule=(stage,),
-        model=dataclasses.replace(recipe.model, weights="none"),
+        model=dataclasses.replace(recipe.model, weights="none", head=dataclasses.replace(recipe.model.head, keep=False)),
         eval=dataclasses.replace(recipe.eval, compare=()),
         export=dataclasses.replace(recipe.export, onnx=False))  # the baseline is a yardstick, not a product
 
@@ -103,6 +106,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
             from None
     checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
+    log(f"[{recipe.name}] weights: {mod.resolve_weights(recipe)}")  # missing weights: stop before any data work
     data = mod.load_data(recipe)
     log(f"[{recipe.name}] data: {data.report.summary()}")
     rundir.write_labels(run_dir, data.labels)
@@ -112,7 +116,11 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     opts = fit_options(recipe, mod.default_metric(recipe))
     log(f"[{recipe.name}] training on {device}: groups {', '.join(group_names(groups))}")
     trainer = mod.trainer(recipe, data)
-    if trainer is not None:  # the library's trainer runs each stage (Ultralytics), with our groups and LRs
+    if not recipe.schedule:  # `head: keep` with no stage: the pre-trained model as it is
+        log(f"[{recipe.name}] empty schedule: evaluating and exporting the weights as loaded")
+        checkpoint.save_weights(run_dir / BEST, model.state_dict())
+        report.write_history(run_dir / rundir.HISTORY, [])
+    elif trainer is not None:  # the library's trainer runs each stage (Ultralytics), with our groups and LRs
         trainer(model, groups, recipe.stages(), opts, run_dir, device, resume, on_epoch_end)
     else:
         hooks = dataclasses.replace(mod.hooks(recipe, data, device), on_epoch_end=on_epoch_end)
@@ -147,7 +155,8 @@ def model_and_groups(mod: Modality, recipe: Recipe, labels: list[str], weights: 
     model = mod.build_model(recipe, labels, weights)
     groups = mod.groups(recipe, model)
     check_groups(model, groups)
-    check_schedule(recipe.stages(), group_names(groups))
+    if recipe.schedule:
+        check_schedule(recipe.stages(), group_names(groups))
     return model, groups
 
 
@@ -178,7 +187,8 @@ def _write_report(recipe: Recipe, run_dir: Path, mod: Modality, val, data, table
     plots_dir = run_dir / "plots"
     history = report.read_history(run_dir / rundir.HISTORY)
     plots, missing = [], []
-    for what, draw in (("training curves", lambda: [report.plot_curves(history, plots_dir / "curves.png")]),
+    curves = [("training curves", lambda: [report.plot_curves(history, plots_dir / "curves.png")])] if history else []
+    for what, draw in (*curves,
                        ("task plots", lambda: mod.plots(val, data, plots_dir))):
         try:
             plots += draw()

@@ -50,6 +50,10 @@ class StageTrainer(Protocol):
 class Modality(Protocol):
     """What the generic layer needs from image classification, detection or speech."""
 
+    def resolve_weights(self, recipe: Recipe) -> str:
+        """Where ``model.weights`` will come from (a file, a cache entry, a package), checked before any data is
+        read, or a UserError saying what is missing and where to put it."""
+
     def load_data(self, recipe: Recipe) -> Data:
         """Find, scan and split the data (a ``synthetic:`` format is generated first)."""
 

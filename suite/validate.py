@@ -15,6 +15,7 @@ def validate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> str:
     """Schema, dataset scan, and the schedule against the model's groups (random init: no weights needed)."""
     recipe = load_recipe(path, overrides)
     mod = modality_for(recipe.task)
+    mod.resolve_weights(recipe)  # the same check (and message) as `suite run`, before any data is read
     data = mod.load_data(recipe)
     _, groups = model_and_groups(mod, recipe, data.labels, "none")
     return f"{len(data.labels)} classes, {len(groups)} groups, {len(recipe.schedule)} stages; data: {data.report.summary()}"

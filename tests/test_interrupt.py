@@ -169,15 +169,15 @@ def test_fifty_kills_at_random_moments_leave_a_complete_checkpoint(tmp_path):
     loads, and holds either the state before the interrupted write or the one it was writing."""
     path = tmp_path / "last.pt"
     rng = random.Random(0)
+    # built here: after a fork, the child must not run torch ops (an OpenMP pool does not survive fork)
+    states = [{"position": {"epoch": n}, "model": {"w": torch.full((50_000,), float(n))}} for n in range(1, 400)]
     counter = 0
     for _ in range(50):
         pid = os.fork()
         if pid == 0:  # the child: a training loop that does nothing but write checkpoints
             try:
-                n = counter
-                while True:
-                    n += 1
-                    checkpoint.save_state(path, {"position": {"epoch": n}, "model": {"w": torch.full((50_000,), n)}})
+                for state in states[counter:]:
+                    checkpoint.save_state(path, state)
             finally:
                 os._exit(0)
         time.sleep(rng.uniform(0.01, 0.25))
@@ -187,7 +187,7 @@ def test_fifty_kills_at_random_moments_leave_a_complete_checkpoint(tmp_path):
             continue
         state = checkpoint.load_state(path)
         n = state["position"]["epoch"]
-        assert n >= counter and torch.equal(state["model"]["w"], torch.full((50_000,), n))
+        assert n >= counter and torch.equal(state["model"]["w"], torch.full((50_000,), float(n)))
         counter = n
     assert counter > 0
     for leftover in tmp_path.glob(".last.pt.*.tmp"):  # a killed writer's temp file: never the checkpoint

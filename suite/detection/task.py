@@ -62,6 +62,14 @@ def staged_yaml(data) -> Path:
 class DetectionModality:
     """Satisfies suite.tasks.Modality for task ``detection``."""
 
+    def resolve_weights(self, recipe: Recipe) -> str:
+        arch, weights = recipe.model.arch, recipe.model.weights
+        if weights == "none":
+            return "random init"
+        if _kind(recipe) == "yolo":
+            return str(yolo._resolve(weights))
+        return frcnn.resolve_weights(arch, weights)
+
     def load_data(self, recipe: Recipe):
         d = recipe.data
         _kind(recipe)

@@ -81,7 +81,7 @@ def build_model(arch: str, labels: list[str], weights: str, trust: bool = False)
 def _load_weights(model, weights: str, arch: str, trust: bool = False) -> None:
     path = _resolve(weights)
     state = _checkpoint_state(path, trust) if path.suffix == ".pt" else W.read_state_dict(W.check_file(path), trust)
-    W.load_state(model, state, head_prefixes(model), path, arch)
+    W.load_state(model, state, head_prefixes(model), path, arch, head_each=True)
 
 
 # What a checkpoint Ultralytics saved holds beyond tensors: its layers (pickled model objects), torch's layers,
@@ -122,13 +122,19 @@ def _checkpoint_state(path: Path, trust: bool) -> dict:
     raise UserError(f"weights file {path} holds no model weights (expected an Ultralytics checkpoint with 'model')")
 
 
-CLASS_BRANCH = re.compile(r"(one2one_)?cv3\.\d+\.2$")  # Detect's last conv of each class branch: nc outputs
-
-
 def head_prefixes(model) -> list[str]:
-    """State-dict prefixes of what depends on the number of classes: Detect's final class convolutions."""
+    """State-dict prefixes of what depends on the number of classes: Detect's class branches (cv3, and
+    one2one_cv3 in end-to-end heads), whose width follows the class count. They load tensor by tensor where
+    the shapes match, as Ultralytics' own checkpoint loading does."""
     last = len(model.model) - 1
-    return [f"model.{last}.{name}." for name, _ in model.model[-1].named_modules() if CLASS_BRANCH.search(name)]
+    return [f"model.{last}.{name}." for name in ("cv3", "one2one_cv3") if hasattr(model.model[-1], name)]
+
+
+def weights_dir() -> Path:
+    """Where Ultralytics keeps downloaded weights (its settings' weights_dir)."""
+    from ultralytics.utils import SETTINGS
+
+    return Path(SETTINGS["weights_dir"])
 
 
 def _resolve(weights: str) -> Path:
@@ -136,9 +142,7 @@ def _resolve(weights: str) -> Path:
     path = Path(source.value)
     if path.is_file():
         return path
-    from ultralytics.utils import SETTINGS
-
-    cached = Path(SETTINGS["weights_dir"]) / path.name
+    cached = weights_dir() / path.name
     if cached.is_file():
         return cached
     url = WEIGHTS_URL.format(name=path.name) if path.suffix == ".pt" else "the run that produced it"

@@ -35,6 +35,9 @@ def _ctc(recipe: Recipe) -> bool:
 class SpeechModality:
     """Satisfies suite.tasks.Modality for speech-classification and speech-ctc."""
 
+    def resolve_weights(self, recipe: Recipe) -> str:
+        return wav2vec2.resolve_weights(recipe.model.weights)
+
     def load_data(self, recipe: Recipe) -> sdata.SpeechData:
         d = recipe.data
         check_metric_names(recipe.eval.metrics, "transcription" if _ctc(recipe) else "classification")

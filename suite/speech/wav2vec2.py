@@ -76,6 +76,19 @@ def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int 
     return cls.from_pretrained(str(folder), ignore_mismatched_sizes=True, use_safetensors=not trust, **extra)
 
 
+def resolve_weights(weights: str) -> str:
+    """Where ``weights`` come from (a file, a save_pretrained folder, the HF cache), or a UserError."""
+    source = W.parse(weights)
+    if source.kind == W.NONE:
+        return "random init"
+    if source.kind == W.FILE:
+        return str(source.value if Path(source.value).is_dir() else W.check_file(source.value))
+    if source.kind == W.PYPI:
+        raise UserError(f"model.weights pypi:{source.value}: no speech model uses it; a Wav2Vec2 takes a Hugging "
+                        "Face id, a save_pretrained folder or a state_dict file")
+    return str(W.hub_folder(source.value))
+
+
 def head_prefixes(model: nn.Module) -> list[str]:
     """State-dict prefixes of the task head: everything outside the ``wav2vec2`` encoder."""
     return [f"{name}." for name, _ in model.named_children() if name != "wav2vec2"] + \

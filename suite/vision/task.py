@@ -32,6 +32,13 @@ def _regression(recipe: Recipe) -> bool:
 class VisionModality:
     """Satisfies suite.tasks.Modality for image-classification and image-regression."""
 
+    def resolve_weights(self, recipe: Recipe) -> str:
+        m = recipe.model
+        where = models.resolve_weights(m.arch, m.weights)
+        if m.head.keep:
+            models.kept_head_labels(m.arch, m.weights)
+        return where
+
     def load_data(self, recipe: Recipe) -> vdata.VisionData:
         d = recipe.data
         check_metric_names(recipe.eval.metrics, "regression" if _regression(recipe) else "classification")
@@ -47,12 +54,15 @@ class VisionModality:
         data = vdata.build_vision_data(fmt, root or "data/torchvision", recipe.task, d.val_split, recipe.train.seed,
                                        train_tf, eval_tf)
         data.preprocess = pre  # the bundle's preprocessing at export time
+        if recipe.model.head.keep:  # the weights' classes: the data's class names are looked up among them
+            vdata.relabel(data, models.kept_head_labels(recipe.model.arch, recipe.model.weights))
         return data
 
     def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         m = recipe.model
         outputs = 1 if _regression(recipe) else len(labels)
-        model, _ = models.build_model(m.arch, outputs, weights, m.head.hidden, m.head.dropout, m.trust_weights)
+        model, _ = models.build_model(m.arch, outputs, weights, m.head.hidden, m.head.dropout, m.trust_weights,
+                                      keep_head=m.head.keep and weights == m.weights)
         return model
 
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
