@@ -4,9 +4,10 @@
 
 One tiny image recipe (ResNet-18 at 32 px, augmentation, dropout, EMA) is run once uninterrupted. Then the same
 recipe is started, killed (SIGKILL: no handler, no checkpoint of its own) after a random delay, and resumed with
-`suite run --resume`, again and again, until a resume finishes. After every kill `checkpoints/last.pt` must load
-(weights_only) and hold a position no earlier than the last one seen; at the end the best weights and the
-history must equal the uninterrupted run's, tensor for tensor. Prints one line per kill and a summary; exit 1 on
+`suite run --resume`, again and again, until a resume finishes (a cycle); cycles repeat until --kills kills.
+After every kill `checkpoints/last.pt` must load (weights_only) and hold a position no earlier than the last one
+seen in its cycle; at the end of every cycle the best weights and the history must equal the uninterrupted
+run's, tensor for tensor. Prints one line per kill and a summary; exit 1 on
 any failure. Not part of `make test` (each kill costs a process start); the result is in benchmarks/README.md.
 """
 from __future__ import annotations
@@ -63,43 +64,50 @@ def main(argv=None) -> int:
     subprocess.run(suite("run", str(recipe), "--out", str(whole), "--overwrite"), env=env, check=True,
                    capture_output=True)
     rng = random.Random(args.seed)
-    seen, kills, starts = (0, 0), 0, 0
-    subprocess.run(["rm", "-rf", str(cut)], check=True)
-    while True:
-        if (cut / "checkpoints" / "last.pt").exists():
-            cmd = suite("run", "--resume", str(cut))
-        else:  # killed before its first checkpoint: start it again
-            cmd = suite("run", str(recipe), "--out", str(cut), "--overwrite")
-        starts += 1
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if kills < args.kills:
-            time.sleep(rng.uniform(0.5, args.max_delay))
-        if kills < args.kills and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            now = position(cut / "checkpoints" / "last.pt")
-            ok = now is None or now >= seen
-            print(f"kill {kills:2d}: last.pt position (epoch, batch) {now} ({'ok' if ok else 'WENT BACK'})",
-                  flush=True)
-            if not ok:
-                return 1
-            seen = now or seen
-            continue
-        err = proc.communicate()[1]
-        if proc.returncode != 0:
-            print(f"a resume failed with {proc.returncode}: {err[-1500:]}")
-            return 1
-        break
     import torch
     from safetensors.torch import load_file
 
-    a, b = (load_file(str(d / "checkpoints" / "best.safetensors")) for d in (whole, cut))
-    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    history = (whole / "history.csv").read_text() == (cut / "history.csv").read_text()
-    print(f"{kills} kills, {starts} starts: final best weights {'EQUAL' if same else 'DIFFER'} to the uninterrupted "
-          f"run's, history {'equal' if history else 'DIFFERS'}")
-    return 0 if same and history else 1
+    kills, starts, cycles = 0, 0, 0
+    while kills < args.kills:  # a cycle: start, kill and resume until a resume finishes, then compare
+        cycles += 1
+        seen = (0, 0)
+        subprocess.run(["rm", "-rf", str(cut)], check=True)
+        while True:
+            if (cut / "checkpoints" / "last.pt").exists():
+                cmd = suite("run", "--resume", str(cut))
+            else:  # killed before its first checkpoint: start it again
+                cmd = suite("run", str(recipe), "--out", str(cut), "--overwrite")
+            starts += 1
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if kills < args.kills:
+                time.sleep(rng.uniform(0.5, args.max_delay))
+            if kills < args.kills and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                now = position(cut / "checkpoints" / "last.pt")
+                ok = now is None or now >= seen
+                print(f"cycle {cycles} kill {kills:2d}: last.pt position (epoch, batch) {now} "
+                      f"({'ok' if ok else 'WENT BACK'})", flush=True)
+                if not ok:
+                    return 1
+                seen = now or seen
+                continue
+            err = proc.communicate()[1]
+            if proc.returncode != 0:
+                print(f"a resume failed with {proc.returncode}: {err[-1500:]}")
+                return 1
+            break
+        a, b = (load_file(str(d / "checkpoints" / "best.safetensors")) for d in (whole, cut))
+        same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        history = (whole / "history.csv").read_text() == (cut / "history.csv").read_text()
+        print(f"cycle {cycles} finished: best weights {'EQUAL' if same else 'DIFFER'} to the uninterrupted run's, "
+              f"history {'equal' if history else 'DIFFERS'}", flush=True)
+        if not (same and history):
+            return 1
+    print(f"{kills} kills, {starts} starts, {cycles} cycles: every cycle ended with the uninterrupted run's weights "
+          "and history")
+    return 0
 
 
 if __name__ == "__main__":

@@ -52,6 +52,25 @@ def validate(recipes, overrides):
         click.echo(f"{path}: ok: {validate_recipe(path, overrides)}")
 
 
+@cli.command(name="lr-find")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@_set
+@click.option("--stage", default=0, show_default=True, help="The schedule stage whose trainable groups are swept.")
+@click.option("--steps", default=100, show_default=True)
+@click.option("--start-lr", default=1e-7, show_default=True)
+@click.option("--end-lr", default=10.0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for lr_find.png/json (default runs/<name>-lr-find).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def lr_find(recipe, overrides, stage, steps, start_lr, end_lr, out, device):
+    """The LR range test on one stage of RECIPE: a plot and a suggested LR; the model is not kept."""
+    from suite.lrfind import lr_find_recipe
+
+    result, folder = lr_find_recipe(recipe, overrides, stage, out, device, steps, start_lr, end_lr)
+    click.echo(f"suggested lr for stage {stage}: {result.suggestion:.2e} (steepest descent of the smoothed loss; "
+               f"lowest loss at {result.min_loss_lr:.2e}); {result.stopped}")
+    click.echo(f"plot: {folder / 'lr_find.png'}, values: {folder / 'lr_find.json'}")
+
+
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)

@@ -31,3 +31,20 @@ def _pil_open_unpatched(monkeypatch):
         from PIL import Image
 
         monkeypatch.setattr(Image, "open", patches._image_open)
+
+
+@pytest.fixture
+def suite_cli(capsys):
+    """Run the `suite` command in-process: (exit code, stdout, stderr)."""
+    from suite.cli import main
+
+    def call(*argv):
+        try:
+            main(list(argv))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call

@@ -1,59 +1,45 @@
 """The `suite` command: exit codes, one-line errors, validate, ls, data make, eval."""
 from pathlib import Path
 
-import pytest
-
-from suite.cli import main
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def call(capsys, *argv):
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_user_error_exits_2_with_one_line(capsys, tmp_path):
+def test_user_error_exits_2_with_one_line(suite_cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "recipes/quickstart/shapes-pretrain.yaml").read_text().replace("weights:", "wieghts:"))
-    code, out, err = call(capsys, "validate", str(bad))
+    code, out, err = suite_cli("validate", str(bad))
     assert code == 2
     assert err.strip().count("\n") == 0
     assert "model.wieghts: unknown key; did you mean 'weights'?" in err and "bad.yaml:7" in err
 
 
-def test_validate_scans_data_and_checks_schedule(capsys, tmp_path):
+def test_validate_scans_data_and_checks_schedule(suite_cli, tmp_path):
     recipe = ROOT / "recipes/quickstart/shapes-finetune.yaml"
     # no pretrain run here: random init, so validate gets to the data and the schedule
-    code, out, _ = call(capsys, "validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none",
+    code, out, _ = suite_cli("validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none",
                         "-s", "data.synthetic.train_per_class=2", "-s", "data.synthetic.val_per_class=1")
     assert code == 0 and "4 classes, 6 groups, 3 stages" in out and "train 8 images, 8 kept; val 4 images, 4 kept" in out
-    code, _, err = call(capsys, "validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none",
+    code, _, err = suite_cli("validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none",
                         "-s", "data.synthetic.train_per_class=2", "-s", "data.synthetic.val_per_class=1",
                         "-s", "schedule.1.train=[layer9]")
     assert code == 2 and "unknown group 'layer9'" in err and "stem, layer1" in err
 
 
-def test_ls(capsys):
-    code, out, _ = call(capsys, "ls", "models")
+def test_ls(suite_cli):
+    code, out, _ = suite_cli("ls", "models")
     assert code == 0 and "resnet18" in out and "vit_b_16" in out and "timm:" in out
-    code, out, _ = call(capsys, "ls", "groups", "resnet18", "--classes", "2")
+    code, out, _ = suite_cli("ls", "groups", "resnet18", "--classes", "2")
     names = [line.split()[0] for line in out.strip().splitlines()]
     assert names == ["stem", "layer1", "layer2", "layer3", "layer4", "head", "total"]
     assert "1,026 params" in out  # head: 512 * 2 + 2
-    code, out, _ = call(capsys, "ls", "recipes")
+    code, out, _ = suite_cli("ls", "recipes")
     assert "recipes/vision/vgg16-cifar10.yaml" in out and "image-classification" in out
-    code, _, err = call(capsys, "ls", "groups", "resnet81")
+    code, _, err = suite_cli("ls", "groups", "resnet81")
     assert code == 2 and "resnet18" in err
 
 
-def test_data_make_shapes_and_eval_a_run(capsys, tmp_path):
-    code, out, _ = call(capsys, "data", "make", "shapes", "--out", str(tmp_path / "s"), "--classes", "circle,star",
+def test_data_make_shapes_and_eval_a_run(suite_cli, tmp_path):
+    code, out, _ = suite_cli("data", "make", "shapes", "--out", str(tmp_path / "s"), "--classes", "circle,star",
                         "--train-per-class", "4", "--val-per-class", "2", "--size", "32")
     assert code == 0 and len(list((tmp_path / "s" / "train" / "star").glob("*.png"))) == 4
     recipe = tmp_path / "r.yaml"
@@ -65,22 +51,22 @@ data: {{format: imagefolder, root: {tmp_path / 's'}, image_size: 32, resize: 32}
 schedule: [{{epochs: 1, train: all, lr: 1.0e-3}}]
 train: {{batch_size: 4}}
 """)
-    code, out, _ = call(capsys, "run", str(recipe), "--out", str(tmp_path / "run"))
+    code, out, _ = suite_cli("run", str(recipe), "--out", str(tmp_path / "run"))
     assert code == 0 and "| fine-tuned |" in out
-    code, _, err = call(capsys, "run", str(recipe), "--out", str(tmp_path / "run"))
+    code, _, err = suite_cli("run", str(recipe), "--out", str(tmp_path / "run"))
     assert code == 2 and "already holds a run" in err and "--resume" in err  # never silently replaced
-    code, out, _ = call(capsys, "eval", str(tmp_path / "run"))
+    code, out, _ = suite_cli("eval", str(tmp_path / "run"))
     assert code == 0 and "val/accuracy" in out
-    code, _, err = call(capsys, "eval", str(tmp_path / "run"), "--split", "test")
+    code, _, err = suite_cli("eval", str(tmp_path / "run"), "--split", "test")
     assert code == 2 and "no 'test' split" in err
-    code, _, err = call(capsys, "run", "--resume", str(tmp_path / "s"))
+    code, _, err = suite_cli("run", "--resume", str(tmp_path / "s"))
     assert code == 2 and "no checkpoints/last.pt" in err
 
 
-def test_ls_lists_every_modality_through_the_registry(capsys):
-    code, out, _ = call(capsys, "ls", "models")
+def test_ls_lists_every_modality_through_the_registry(suite_cli):
+    code, out, _ = suite_cli("ls", "models")
     assert code == 0 and "wav2vec2-base" in out and "yolo11n" in out and "fasterrcnn_resnet50_fpn_v2" in out
-    code, out, _ = call(capsys, "ls", "groups", "wav2vec2-base", "--classes", "12")
+    code, out, _ = suite_cli("ls", "groups", "wav2vec2-base", "--classes", "12")
     names = [line.split()[0] for line in out.strip().splitlines()]
     assert code == 0 and names == ["feature_encoder", "feature_projection", *(f"encoder.{i}" for i in range(12)),
                                    "head", "total"]

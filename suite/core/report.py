@@ -127,6 +127,26 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path:
     return _save_png(fig, path)
 
 
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], raw: Sequence[float], suggestion: float,
+                 path: str | os.PathLike) -> Path:
+    """The LR range test: raw and smoothed loss against the LR (log scale), the suggestion marked."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(lrs, raw, color="lightgrey", linewidth=1, label="loss")
+    ax.plot(lrs, losses, label="smoothed loss")
+    ax.axvline(suggestion, linestyle="--", color="red", linewidth=1)
+    ax.text(suggestion, 1.0, f" suggested {suggestion:.1e}", transform=ax.get_xaxis_transform(), va="top",
+            ha="left", fontsize=8, color="red")
+    ax.set_xscale("log")
+    low = min(losses)
+    ax.set_ylim(min(min(raw), low) * 0.9, max(4 * low, losses[0]) * 1.1)  # up to where the sweep calls divergence
+    ax.set_xlabel("learning rate (the stage's lr; other groups keep their ratio)")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_png(fig, path)
+
+
 def plot_confusion(
     matrix: list[list[int]], labels: Sequence[str], path: str | os.PathLike, normalize: bool = True
 ) -> Path:

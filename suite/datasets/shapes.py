@@ -291,7 +291,7 @@ def make_shapes(out, classes: Sequence[str], train_per_class: int, val_per_class
     if _claim(out, params):
         return out
     jobs = [(split, name, i) for split in SPLITS for name in params["classes"] for i in range(counts[split])]
-    for split, name, i in tqdm(jobs, desc=f"shapes -> {out}", unit="img", disable=not progress):
+    for split, name, i in tqdm(jobs, desc=f"shapes -> {out}", unit="img", disable=None if progress else True):
         rng = np.random.default_rng([params["seed"], SPLITS.index(split), SHAPES.index(name), i])
         path = out / split / name / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

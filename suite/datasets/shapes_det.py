@@ -155,7 +155,7 @@ def make_shapes_detection(out, classes: Sequence[str], train_images: int, val_im
               "seed": _check_count("seed", seed, 0)}
     if not _claim(out, params):
         jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
-        for split, i in tqdm(jobs, desc=f"shapes -> {out}", unit="img", disable=not progress):
+        for split, i in tqdm(jobs, desc=f"shapes -> {out}", unit="img", disable=None if progress else True):
             scene = render_scene(params["classes"], size, max_objects, scene_rng(seed, split, i))
             for folder in ("images", "labels"):
                 (out / folder / split).mkdir(parents=True, exist_ok=True)

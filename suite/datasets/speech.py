@@ -376,7 +376,7 @@ def _run_jobs(jobs: list[tuple[_Job, bool]], params: dict, desc: str, progress: 
     try:
         rate, noise = params["sample_rate"], params["noise"]
         futures = [pool.submit(_render, job, rate, fixed, noise) for job, fixed in jobs]
-        for future in tqdm(futures, desc=desc, unit="clip", disable=not progress):
+        for future in tqdm(futures, desc=desc, unit="clip", disable=None if progress else True):
             future.result()
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # no half-run workers writing after we return
