@@ -17,6 +17,7 @@ from suite.core.groups import check_groups, group_names
 from suite.core.loop import FitOptions, fit, resolve_device, seed_everything
 from suite.core.schedule import Stage, check_schedule, total_epochs
 from suite.core.stages import BEST, LAST, Interrupted, Position, stop_requested, stop_signals
+from suite.core.transfer import transfer_block, transfer_section
 from suite.errors import UserError
 from suite.recipe import Recipe, dump_recipe
 from suite.tasks import Modality, load_recipe, modality_for
@@ -133,6 +134,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     baselines = {name: _baseline(name, recipe, run_dir, device, resume) for name in recipe.eval.compare}
     _check_stop("before the export")
     document = metrics.metrics_document(recipe.task, val, test, baselines)
+    document["transfer"] = transfer_block(opts.select_metric, document["val"], baselines,
+                                          report.read_history(run_dir / rundir.HISTORY))
     metrics.write_metrics_json(run_dir / rundir.METRICS, document)
     table = _comparison(recipe, val, baselines)
     sections, plots = [], []
@@ -140,6 +143,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         from suite.exporting import export_and_bench
 
         sections, plots = export_and_bench(recipe, mod, data, model.cpu().eval(), run_dir)
+    sections = [("Transfer", transfer_section(document["transfer"])), *sections]
     _write_report(recipe, run_dir, mod, val, data, table, time.perf_counter() - start, sections, plots)
     return RunResult(run_dir, document, table)
 

@@ -76,6 +76,8 @@ def test_recipe_runs_with_tiny_overrides(path, data_root, tmp_path):
     metric = {"detection": "val/map50", "speech-ctc": "val/cer"}.get(full.task, "val/accuracy")
     assert 0.0 <= doc["val"][metric] <= (10.0 if full.task == "speech-ctc" else 1.0)  # an untrained CER can pass 1
     assert set(doc["baselines"]) == set(full.eval.compare)
+    assert set(doc["transfer"]["comparisons"]) == set(full.eval.compare)  # a verdict per baseline
+    assert "## Transfer" in (tmp_path / "run" / "report.md").read_text()
     rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(full.schedule)  # header + one epoch per stage
     if full.export.onnx:
