@@ -24,7 +24,8 @@ MAX_RECIPE_BYTES = 1 << 20
 BALANCE = ("none", "sampler", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-BASELINES = ("scratch",)
+BASELINES = ("scratch", "linear_probe")
+PROBE_TASKS = ("image-classification", "speech-classification")  # where a linear head on features is a baseline
 QUANTIZE = ("int8-dynamic", "int8-static")
 RUNTIMES = ("torch", "torch.compile", "onnxruntime")
 
@@ -167,7 +168,7 @@ class TrainCfg:
 @dataclass(frozen=True)
 class EvalCfg:
     metrics: tuple[str, ...] = ()  # () means every metric of the task
-    compare: tuple[str, ...] = ()  # baselines trained with the same budget: scratch
+    compare: tuple[str, ...] = ()  # baselines with the same budget: scratch, linear_probe
 
     def __post_init__(self):
         for name in self.compare:

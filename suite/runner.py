@@ -19,7 +19,7 @@ from suite.core.schedule import Stage, check_schedule, total_epochs
 from suite.core.stages import BEST, LAST, Interrupted, Position, stop_requested, stop_signals
 from suite.core.transfer import transfer_block, transfer_section
 from suite.errors import UserError
-from suite.recipe import Recipe, dump_recipe
+from suite.recipe import PROBE_TASKS, Recipe, dump_recipe
 from suite.tasks import Modality, load_recipe, modality_for
 
 
@@ -44,20 +44,34 @@ def fit_options(recipe: Recipe, default_metric: str) -> FitOptions:
         ema=t.ema, max_nonfinite=t.max_nonfinite)
 
 
-def scratch_recipe(recipe: Recipe) -> Recipe:
-    """The same model from random init, every group trained for the schedule's whole budget.
+def baseline_recipe(recipe: Recipe, name: str) -> Recipe:
+    """The recipe of an ``eval.compare`` baseline: the schedule's whole budget in one stage at the first stage's
+    LR (the head's, usually the largest), with the recipe's optimizer; a yardstick, so never exported.
 
-    It uses the first stage's LR (the head's, usually the largest) with the recipe's optimizer.
+    ``scratch``: the same model from random init, every group trained. ``linear_probe``: the same pre-trained
+    weights frozen and a linear head (no hidden layers, no dropout) trained on their features, no augmentation.
     """
     if not recipe.schedule:
-        raise UserError("eval.compare: [scratch] trains the model from random init on the schedule's budget; "
-                        "with an empty schedule there is none: remove the compare")
-    stage = Stage(epochs=total_epochs(recipe.schedule), train="all", lr=recipe.schedule[0].lr)
+        raise UserError(f"eval.compare: [{name}] trains on the schedule's budget; with an empty schedule there is "
+                        "none: remove the compare")
+    probe = name == "linear_probe"
+    head = dataclasses.replace(recipe.model.head, keep=False, **({"hidden": (), "dropout": 0.0} if probe else {}))
+    model = dataclasses.replace(recipe.model, head=head, **({} if probe else {"weights": "none"}))
     return dataclasses.replace(
-        recipe, name=f"{recipe.name}-scratch", schedule=(stage,),
-        model=dataclasses.replace(recipe.model, weights="none", head=dataclasses.replace(recipe.model.head, keep=False)),
-        eval=dataclasses.replace(recipe.eval, compare=()),
-        export=dataclasses.replace(recipe.export, onnx=False))  # the baseline is a yardstick, not a product
+        recipe, name=f"{recipe.name}-{name}", model=model,
+        schedule=(Stage(epochs=total_epochs(recipe.schedule), train="head" if probe else "all",
+                        lr=recipe.schedule[0].lr),),
+        data=dataclasses.replace(recipe.data, augment="none") if probe else recipe.data,
+        eval=dataclasses.replace(recipe.eval, compare=()), export=dataclasses.replace(recipe.export, onnx=False))
+
+
+def check_baselines(recipe: Recipe) -> None:
+    """Before any work: a baseline that does not apply to this task is an error now, not after training."""
+    if "linear_probe" in recipe.eval.compare and recipe.task not in PROBE_TASKS:
+        raise UserError(f"eval.compare: linear_probe applies to {' and '.join(PROBE_TASKS)} (a linear classifier "
+                        f"on frozen features); {recipe.task} has no such head: remove it")
+    if "linear_probe" in recipe.eval.compare and recipe.model.weights == "none":
+        raise UserError("eval.compare: linear_probe probes pre-trained features, but model.weights is none")
 
 
 def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str | Path | None = None,
@@ -100,6 +114,7 @@ def _fresh_run_dir(path: Path, overwrite: bool) -> Path:
 def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool = False,
                on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     start = time.perf_counter()
+    check_baselines(recipe)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -171,9 +186,10 @@ def _load_weights(path: Path) -> dict:
 
 
 def _baseline(name: str, recipe: Recipe, run_dir: Path, device: torch.device, resume: bool) -> dict:
-    sub = scratch_recipe(recipe)
+    sub = baseline_recipe(recipe, name)
     sub_dir = run_dir / "baselines" / name
-    log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs from random init")
+    start = "from random init" if name == "scratch" else f"of a linear head on {recipe.model.weights}'s frozen features"
+    log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs {start}")
     again = resume and (sub_dir / LAST).is_file()
     result = run_recipe(sub, sub_dir, device, again)
     return {split: result.metrics[split] for split in ("val", "test") if result.metrics.get(split)}

@@ -36,3 +36,44 @@ def test_overfitting_is_flagged_when_the_gap_grows_while_the_metric_falls():
     detection = overfitting([{"val/map50_95": 0.1, "train/loss": 1.0}, {"val/map50_95": 0.05, "train/loss": 0.5}],
                             "val/map50_95")
     assert not detection["flag"] and detection["gap"] == [None, None] and "no val/loss" in detection["note"]
+
+
+def test_linear_probe_baseline_trains_a_linear_head_on_frozen_features(tmp_path, suite_cli):
+    import json
+
+    import torch
+    import torchvision
+    import yaml
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "body.pth"
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""\
+name: probe
+task: image-classification
+model: {{arch: resnet18, weights: {weights}, head: {{hidden: [8], dropout: 0.2}}}}
+data: {{format: synthetic:shapes, root: {tmp_path / 'data'}, image_size: 32, resize: 32, augment: light,
+        synthetic: {{classes: [circle, square], train_per_class: 4, val_per_class: 2, size: 32}}}}
+schedule:
+  - {{epochs: 1, train: head, lr: 1.0e-3}}
+  - {{epochs: 1, train: all, lr: 1.0e-4}}
+train: {{batch_size: 4}}
+eval: {{compare: [linear_probe]}}
+""")
+    code, _, err = suite_cli("validate", str(recipe), "-s", "model.weights=none")
+    assert code == 2 and "linear_probe probes pre-trained features" in err
+    code, _, err = suite_cli("validate", str(recipe), "-s", "task=detection", "-s", "model.arch=yolo11n")
+    assert code == 2 and "linear_probe applies to image-classification and speech-classification" in err
+    code, out, _ = suite_cli("run", str(recipe), "--out", str(tmp_path / "run"))
+    assert code == 0 and "| linear_probe |" in out
+    probe = tmp_path / "run" / "baselines" / "linear_probe"
+    sub = yaml.safe_load((probe / "recipe.yaml").read_text())
+    assert sub["model"]["head"]["hidden"] == [] and sub["data"]["augment"] == "none"
+    assert [(s["epochs"], s["train"]) for s in sub["schedule"]] == [(2, "head")]  # the whole budget, head only
+    best, body = load_file(str(probe / "checkpoints" / "best.safetensors")), torch.load(weights, weights_only=True)
+    assert torch.equal(best["layer4.1.conv2.weight"], body["layer4.1.conv2.weight"])  # the features stayed frozen
+    assert sorted(k for k in best if k.startswith("fc")) == ["fc.bias", "fc.weight"]  # one linear layer, no hidden
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(doc["transfer"]["comparisons"]) == {"linear_probe"}
