@@ -63,6 +63,7 @@ def _sweep(model, groups, stage, hooks, opts, device, start_lr, end_lr, steps, s
     trainable, opt = stage_optimizer(groups, stage, opts, "lr-find stage")
     base = [g["lr"] / stage.lr for g in opt.param_groups]  # each group's LR relative to the stage's
     amp = autocast_dtype(opts.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # as fit() does; a no-op otherwise
     model.train()
     freeze_batchnorm(groups, trainable)
     lrs, raw, smoothed = [], [], []
@@ -79,10 +80,12 @@ def _sweep(model, groups, stage, hooks, opts, device, start_lr, end_lr, steps, s
             stopped = f"loss not finite at step {i + 1} (LR {lr:.2e})"
             break
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if opts.clip_grad:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], opts.clip_grad)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         avg = smooth * avg + (1 - smooth) * value
         debiased = avg / (1 - smooth ** (i + 1))
         lrs.append(lr)
