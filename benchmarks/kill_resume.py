@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import load_file
 
+    from suite.core.report import read_history
+
     kills, starts, cycles = 0, 0, 0
     while kills < args.kills:  # a cycle: start, kill and resume until a resume finishes, then compare
         cycles += 1
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
             break
         a, b = (load_file(str(d / "checkpoints" / "best.safetensors")) for d in (whole, cut))
         same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        history = (whole / "history.csv").read_text() == (cut / "history.csv").read_text()
+        history = read_history(whole / "history.csv", times=False) == read_history(cut / "history.csv", times=False)
         print(f"cycle {cycles} finished: best weights {'EQUAL' if same else 'DIFFER'} to the uninterrupted run's, "
               f"history {'equal' if history else 'DIFFERS'}", flush=True)
         if not (same and history):

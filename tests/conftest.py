@@ -48,3 +48,4 @@ def suite_cli(capsys):
         return code, out.out, out.err
 
     return call
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from suite.core import checkpoint
 from suite.core.groups import ParamGroup, freeze_batchnorm, group_names, make_optimizer, optimizer_groups, set_trainable
 from suite.core.schedule import Stage, group_lrs, lr_factor, trainable_groups
+from suite.core.report import EPOCH_SECONDS
 from suite.core.stages import BEST, LAST, Interrupted, Position, Selection, end_epoch, stop_requested, tensorboard
 from suite.errors import TrainingDiverged, UserError
 
@@ -218,9 +220,11 @@ def _run_stage(t: _Trainer, pos: Position, saved: dict | None, writer) -> None:
         seed_everything(t.o.seed + pos.epoch)
         loader = t.hooks.train_loader(pos.epoch)
         desc = f"stage {pos.stage} epoch {pos.stage_epoch + 1}/{stage.epochs}"
+        began = time.perf_counter()
         train_loss, lr = t.train_epoch(loader, desc, pos)
         metrics = t.hooks.evaluate(t.eval_model)
-        row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, "train/loss": train_loss, **metrics}
+        row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, "train/loss": train_loss, **metrics,
+               EPOCH_SECONDS: round(time.perf_counter() - began, 3)}  # training + evaluation (after a resume: its part)
         end_epoch(pos, row, t.o.selection, stage.epochs, t.dir, t.save_best, lambda: t.save_last(pos),
                   t.hooks.on_epoch_end, writer)
         if t.stop:  # it came during the epoch's last step or its evaluation: the epoch's checkpoint is written

@@ -43,11 +43,15 @@ def write_history(path: str | os.PathLike, rows: list[dict]) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def read_history(path: str | os.PathLike) -> list[dict]:
-    """Rows back as dicts; empty cells are dropped (the key was missing when written)."""
+EPOCH_SECONDS = "epoch_s"  # history.csv: wall time of the epoch (training and validation), not compared on resume
+
+
+def read_history(path: str | os.PathLike, times: bool = True) -> list[dict]:
+    """Rows back as dicts; empty cells are dropped (the key was missing when written). ``times=False`` drops the
+    epoch wall-time column too, which no two runs share (what a resumed run is compared on)."""
     with open(path, newline="", encoding="utf-8") as f:
         return [
-            {k: _parse_cell(v) for k, v in row.items() if v != ""}
+            {k: _parse_cell(v) for k, v in row.items() if v != "" and (times or k != EPOCH_SECONDS)}
             for row in csv.DictReader(f)
         ]
 

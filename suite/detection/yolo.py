@@ -30,6 +30,7 @@ from suite.core.groups import ParamGroup, group_names, make_groups, make_optimiz
 from suite.core.loop import FitOptions, NonFinite
 from suite.core.metrics import DetectionEvaluator, EvalResult
 from suite.core.schedule import Stage, group_lrs, trainable_groups
+from suite.core.report import EPOCH_SECONDS
 from suite.core.stages import BEST, LAST, Interrupted, Position, end_epoch, stop_requested
 from suite.errors import UserError
 
@@ -333,6 +334,7 @@ def _history_row(trainer, epoch: int, stage: int) -> dict:
            "val/map50": float(m.get("metrics/mAP50(B)", 0.0)), "val/map50_95": float(m.get("metrics/mAP50-95(B)", 0.0)),
            "val/precision": float(m.get("metrics/precision(B)", 0.0)), "val/recall": float(m.get("metrics/recall(B)", 0.0))}
     row["val/loss"] = float(sum(float(v) for k, v in m.items() if k.startswith("val/") and k.endswith("_loss")))
+    row[EPOCH_SECONDS] = round(float(trainer.epoch_time or 0.0), 3)  # Ultralytics' own epoch timer
     return row
 
 
