@@ -84,7 +84,7 @@ def test_recipe_runs_with_tiny_overrides(path, data_root, tmp_path):
     assert "## Transfer" in (tmp_path / "run" / "report.md").read_text()
     rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(full.schedule)  # header + one epoch per stage
-    assert all(r["epoch_s"] > 0 for r in read_history(tmp_path / "run" / "history.csv"))  # each epoch's wall time
+    assert all(r["seconds"] > 0 for r in read_history(tmp_path / "run" / "history.csv"))  # each epoch's wall time
     if full.export.onnx:
         assert json.loads((tmp_path / "run" / "export" / "verify.json").read_text())["passed"]
         assert "Export parity" in (tmp_path / "run" / "report.md").read_text()

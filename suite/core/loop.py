@@ -223,8 +223,9 @@ def _run_stage(t: _Trainer, pos: Position, saved: dict | None, writer) -> None:
         began = time.perf_counter()
         train_loss, lr = t.train_epoch(loader, desc, pos)
         metrics = t.hooks.evaluate(t.eval_model)
-        row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, "train/loss": train_loss, **metrics,
-               EPOCH_SECONDS: round(time.perf_counter() - began, 3)}  # training + evaluation (after a resume: its part)
+        seconds = round(time.perf_counter() - began, 3)  # training + evaluation (after a resume: its part)
+        row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, EPOCH_SECONDS: seconds, "train/loss": train_loss,
+               **metrics}
         end_epoch(pos, row, t.o.selection, stage.epochs, t.dir, t.save_best, lambda: t.save_last(pos),
                   t.hooks.on_epoch_end, writer)
         if t.stop:  # it came during the epoch's last step or its evaluation: the epoch's checkpoint is written

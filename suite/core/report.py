@@ -43,7 +43,7 @@ def write_history(path: str | os.PathLike, rows: list[dict]) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-EPOCH_SECONDS = "epoch_s"  # history.csv: wall time of the epoch (training and validation), not compared on resume
+EPOCH_SECONDS = "seconds"  # history.csv (DESIGN.md): wall time of the epoch (training and validation), not compared on resume
 
 
 def read_history(path: str | os.PathLike, times: bool = True) -> list[dict]:

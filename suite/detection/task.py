@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from suite.core import weights as W
 from suite.core.export import ExportSpec, OnnxModel, as_bundle
 from suite.core.groups import ParamGroup
 from suite.core.loop import Hooks
@@ -64,7 +65,7 @@ class DetectionModality:
 
     def resolve_weights(self, recipe: Recipe) -> str:
         arch, weights = recipe.model.arch, recipe.model.weights
-        if weights == "none":
+        if W.parse(weights).kind == W.NONE:
             return "random init"
         if _kind(recipe) == "yolo":
             return str(yolo._resolve(weights))

@@ -330,11 +330,11 @@ def _history_row(trainer, epoch: int, stage: int) -> dict:
     losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None else {}
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     row = {"epoch": epoch, "stage": stage, "lr": max(lrs) if lrs else 0.0,
+           EPOCH_SECONDS: round(float(trainer.epoch_time or 0.0), 3),  # Ultralytics' own epoch timer
            "train/loss": float(sum(float(v) for v in losses.values())),
            "val/map50": float(m.get("metrics/mAP50(B)", 0.0)), "val/map50_95": float(m.get("metrics/mAP50-95(B)", 0.0)),
            "val/precision": float(m.get("metrics/precision(B)", 0.0)), "val/recall": float(m.get("metrics/recall(B)", 0.0))}
     row["val/loss"] = float(sum(float(v) for k, v in m.items() if k.startswith("val/") and k.endswith("_loss")))
-    row[EPOCH_SECONDS] = round(float(trainer.epoch_time or 0.0), 3)  # Ultralytics' own epoch timer
     return row
 
 
