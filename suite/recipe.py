@@ -28,6 +28,8 @@ BASELINES = ("scratch", "linear_probe")
 PROBE_TASKS = ("image-classification", "speech-classification")  # where a linear head on features is a baseline
 QUANTIZE = ("int8-dynamic", "int8-static")
 RUNTIMES = ("torch", "torch.compile", "onnxruntime")
+CACHE_MODES = ("auto", "true", "false")
+CACHE_TASKS = ("image-classification", "image-regression", "speech-classification")  # one feature vector per sample
 
 
 def _one_of(name: str, value: str, valid: Sequence[str]) -> None:
@@ -60,6 +62,13 @@ class ModelCfg:
     # load weights files that are pickles of Python objects (they can run code when loaded); only for files
     # whose origin you trust: by default only tensors load (weights_only=True, safetensors)
     trust_weights: bool = False
+    # speech (Wav2Vec2): the encoder's dropout (hidden, attention, activation, feature projection); None keeps
+    # the weights' own (0.1 in most). 0 makes the frozen encoder a fixed function, so head-only stages can cache
+    encoder_dropout: float | None = None
+
+    def __post_init__(self):
+        if self.encoder_dropout is not None and not 0 <= self.encoder_dropout < 1:
+            raise FieldError("encoder_dropout", f"must be in [0, 1), got {self.encoder_dropout}")
 
 
 @dataclass(frozen=True)
@@ -152,9 +161,15 @@ class TrainCfg:
     ema: float | None = None  # EMA decay of the weights, e.g. 0.999
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
     label_smoothing: float = 0.0
+    # head-only stages without random augmentation train the head on the frozen part's outputs computed once:
+    # auto (where valid; the log says why not), true (and a head-only stage that cannot is an error), false
+    cache_features: bool | str = "auto"
 
     def __post_init__(self):
         _one_of("precision", self.precision, PRECISIONS)
+        mode = str(self.cache_features).lower() if isinstance(self.cache_features, bool) else self.cache_features
+        _one_of("cache_features", mode, CACHE_MODES)
+        object.__setattr__(self, "cache_features", mode)
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_nonfinite < 1:
             raise FieldError("batch_size", "batch_size, grad_accum and max_nonfinite must be >= 1")
         if self.clip_grad is not None and not self.clip_grad > 0:
@@ -231,6 +246,8 @@ class Recipe:
     bench: BenchCfg = field(default_factory=BenchCfg)
 
     def __post_init__(self):
+        if self.model.encoder_dropout is not None and not self.task.startswith("speech"):
+            raise FieldError("model", "encoder_dropout applies to speech models (Wav2Vec2) only: remove it")
         if not self.schedule and not self.model.head.keep:
             raise FieldError("schedule", "needs at least one stage, e.g. {epochs: 3, train: head, lr: 1.0e-3} "
                                          "(an empty schedule only with model.head: keep, to evaluate and export "
@@ -317,6 +334,10 @@ def _coerce(tp, value, path: list, where: _Where):
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _coerce(inner[0], value, path, where)
+        if set(inner) == {bool, str}:  # a switch with a third word (cache_features: true | false | auto)
+            if not isinstance(value, (bool, str)):
+                raise where.error(path, f"expected true, false or a word, got {value!r}")
+            return value
         return _stage_train(value, path, where)  # the only multi-type field
     if dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, path, where)

@@ -19,7 +19,7 @@ from suite.core.schedule import Stage, check_schedule, total_epochs
 from suite.core.stages import BEST, LAST, Interrupted, Position, stop_requested, stop_signals
 from suite.core.transfer import transfer_block, transfer_section
 from suite.errors import UserError
-from suite.recipe import PROBE_TASKS, Recipe, dump_recipe
+from suite.recipe import CACHE_TASKS, PROBE_TASKS, Recipe, dump_recipe
 from suite.tasks import Modality, load_recipe, modality_for
 
 
@@ -41,7 +41,7 @@ def fit_options(recipe: Recipe, default_metric: str) -> FitOptions:
         grad_accum=t.grad_accum, clip_grad=t.clip_grad, seed=t.seed,
         select_metric=t.early_stop.metric if t.early_stop else default_metric,
         early_stop_patience=t.early_stop.patience if t.early_stop else None,
-        ema=t.ema, max_nonfinite=t.max_nonfinite)
+        ema=t.ema, max_nonfinite=t.max_nonfinite, cache_features=t.cache_features)
 
 
 def baseline_recipe(recipe: Recipe, name: str) -> Recipe:
@@ -66,7 +66,11 @@ def baseline_recipe(recipe: Recipe, name: str) -> Recipe:
 
 
 def check_baselines(recipe: Recipe) -> None:
-    """Before any work: a baseline that does not apply to this task is an error now, not after training."""
+    """Before any work: a baseline (or cached features) that does not apply to this task is an error now, not
+    after training."""
+    if recipe.train.cache_features == "true" and recipe.task not in CACHE_TASKS:
+        raise UserError(f"train.cache_features: true applies to {', '.join(CACHE_TASKS)} (one feature vector per "
+                        f"sample before the head); {recipe.task} heads take feature maps or frames: set it to auto")
     if "linear_probe" in recipe.eval.compare and recipe.task not in PROBE_TASKS:
         raise UserError(f"eval.compare: linear_probe applies to {' and '.join(PROBE_TASKS)} (a linear classifier "
                         f"on frozen features); {recipe.task} has no such head: remove it")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from suite.cli import main
 from suite.core import checkpoint
+from suite.core.report import read_history
 from suite.errors import UserError
 from suite.runner import run
 from suite.speech import wav2vec2
@@ -160,3 +161,21 @@ def test_training_batches_group_clips_of_similar_length(tmp_path):
     order = np.random.default_rng(1).permutation(seconds)  # the same clips in random batches of 4
     random_pad = sum(int(max(chunk) * len(chunk) - sum(chunk)) for chunk in np.array_split(order, len(order) // 4))
     assert padded < 0.6 * random_pad, (padded, random_pad)
+
+
+def test_keyword_head_on_cached_features_matches_the_uncached_head(tmp_path, speech_root, capsys):
+    """Speech caches the clip's mean encoder state (the projector is linear, so it commutes with transformers'
+    mean pooling): equal to the uncached head up to float rounding, not bitwise. 1 s clips, same length."""
+    recipe = _recipe(tmp_path / "c.yaml", speech_root)
+    same = ["data.augment=none", "schedule=[{epochs: 2, train: head, lr: 1.0e-2}]", "export.onnx=false"]
+    run(recipe, same, tmp_path / "encoder-dropout")  # the config's own dropout 0.1: the encoder is not fixed
+    assert "features not cached: dropout wav2vec2." in capsys.readouterr().out
+    runs = {mode: tmp_path / mode for mode in ("false", "true")}
+    for mode, out in runs.items():
+        run(recipe, [*same, "model.encoder_dropout=0", f"train.cache_features={mode}"], out)
+    assert "stage 0: head trained on cached features (9 samples, (32,) each" in capsys.readouterr().out
+    plain, cached = (read_history(runs[m] / "history.csv", times=False) for m in ("false", "true"))
+    for a, b in zip(plain, cached, strict=True):
+        assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7) for k in a)
+    a, b = (load_file(runs[m] / "checkpoints" / "best.safetensors") for m in ("false", "true"))
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from suite.core import checkpoint
+from suite.core import checkpoint, features
 from suite.core.groups import ParamGroup, freeze_batchnorm, group_names, make_optimizer, optimizer_groups, set_trainable
 from suite.core.schedule import Stage, group_lrs, lr_factor, trainable_groups
 from suite.core.report import EPOCH_SECONDS
@@ -58,6 +59,7 @@ class FitOptions:
     early_stop_patience: int | None = None  # per stage, on select_metric
     ema: float | None = None
     max_nonfinite: int = 10
+    cache_features: str = "auto"  # head-only stages train on the frozen part's cached outputs: auto|true|false
 
     @property
     def selection(self) -> Selection:
@@ -72,6 +74,8 @@ class Hooks:
     evaluate: Callable[[nn.Module], dict[str, float]]  # -> prefixed metrics, e.g. {"val/loss", "val/accuracy"}
     train_loader: Callable[[int], Iterable]  # epoch -> loader (seeded per epoch, so resume is exact)
     on_epoch_end: Sequence[Callable[[Position], None]] = ()
+    # model -> what cached feature extraction needs (suite.core.features); a string: why it does not apply
+    cache: Callable[[nn.Module], features.CacheSpec] | str = "this task does not cache features"
 
 
 def seed_everything(seed: int) -> None:
@@ -117,9 +121,11 @@ class _Trainer:
             self.sched.load_state_dict(saved["scheduler"])
             self.scaler.load_state_dict(saved["scaler"])
 
-    def train_epoch(self, loader, desc: str, pos: Position) -> tuple[float, float]:
+    def train_epoch(self, loader, desc: str, pos: Position, loss_fn=None) -> tuple[float, float]:
         """One epoch from batch ``pos.batch`` on (0, or where a stop signal left it). After each optimizer
-        step a pending stop request writes the checkpoint of this position and raises Interrupted."""
+        step a pending stop request writes the checkpoint of this position and raises Interrupted.
+        ``loss_fn``: (model, batch) -> loss, the modality's ``hooks.loss`` unless training on cached features."""
+        loss_fn = loss_fn or self.hooks.loss
         self.model.train()
         freeze_batchnorm(self.groups, self.trainable)
         total, count, done = pos.loss_sum, pos.loss_count, pos.batch
@@ -131,7 +137,7 @@ class _Trainer:
                     checkpoint.set_rng_state(self.resume_rng)  # every RNG as it was after that step
                 continue
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                loss = self.hooks.loss(self.model, batch)
+                loss = loss_fn(self.model, batch)
             if not self.nonfinite.check(loss):
                 self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
                 continue
@@ -164,6 +170,49 @@ class _Trainer:
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+    # ----- cached features (train.cache_features) ----------------------------------------------------
+    @property
+    def autocast(self) -> dict:
+        return dict(device_type=self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+
+    def plan_cache(self, i: int, loader) -> features.CacheSpec | None:
+        """The spec when stage ``i`` trains on cached features; None (and the log says why) when it does not."""
+        if self.o.cache_features == "false":
+            return None
+        if self.trainable != self.names[-1:]:  # not a candidate: the frozen part is not all but the head
+            return None
+        why = self._why_not(loader)
+        if why is None:
+            return self.hooks.cache(self.model)
+        if self.o.cache_features == "true":
+            raise UserError(f"train.cache_features is true, but schedule stage {i} cannot train on cached "
+                            f"features: {why} (train.cache_features: auto trains such a stage uncached)")
+        tqdm.write(f"stage {i}: features not cached: {why}")
+        return None
+
+    def _why_not(self, loader) -> str | None:
+        if isinstance(self.hooks.cache, str):
+            return self.hooks.cache
+        spec = self.hooks.cache(self.model)
+        if spec.blocker:
+            return spec.blocker
+        self.model.train()
+        freeze_batchnorm(self.groups, self.trainable)
+        why = features.frozen_randomness(self.model, spec.point)
+        if why is None and len(loader.dataset):
+            first = next(iter(DataLoader(loader.dataset, batch_size=min(4, len(loader.dataset)),
+                                         collate_fn=loader.collate_fn)))
+            if not features.repeatable(self.model, spec, first, self.autocast):
+                why = "two passes over one batch give different features (randomness inside the frozen part)"
+        return why
+
+    def cached_epoch(self, spec: features.CacheSpec, cache: features.FeatureCache, loader, desc: str,
+                     pos: Position) -> tuple[float, float, dict[str, float]]:
+        batches = _Sized(lambda: features.head_batches(cache, loader, self.device), len(loader))
+        train_loss, lr = self.train_epoch(batches, desc, pos, lambda model, b: spec.loss(spec.outputs(b[0]), b[1]))
+        scored = spec if self.ema is None else self.hooks.cache(self.eval_model)
+        return train_loss, lr, features.validate(self.eval_model, scored, cache, self.device)
 
     # ----- checkpoints -------------------------------------------------------------------
     def save_last(self, pos: Position) -> None:
@@ -214,15 +263,36 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
 def _run_stage(t: _Trainer, pos: Position, saved: dict | None, writer) -> None:
     stage = t.stages[pos.stage]
     seed_everything(t.o.seed + pos.epoch)
-    steps = len(t.hooks.train_loader(pos.epoch))
-    t.begin_stage(pos.stage, steps, saved)
+    first = t.hooks.train_loader(pos.epoch)
+    t.begin_stage(pos.stage, len(first), saved)
+    spec, cache, build_s = t.plan_cache(pos.stage, first), None, 0.0
+    if spec is not None:
+        began = time.perf_counter()
+        t.model.train()
+        freeze_batchnorm(t.groups, t.trainable)
+        cache = features.build(t.model, spec, first, t.dir, t.autocast, t.device)
+        build_s = time.perf_counter() - began
+        tqdm.write(f"stage {pos.stage}: head trained on cached features ({len(first.dataset)} samples, "
+                   f"{tuple(cache.train.shape[1:])} each, built in {build_s:.1f} s)")
+    try:
+        _stage_epochs(t, pos, stage, spec, cache, build_s, writer)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _stage_epochs(t: _Trainer, pos: Position, stage: Stage, spec, cache, build_s: float, writer) -> None:
     while pos.stage_epoch < stage.epochs:
         seed_everything(t.o.seed + pos.epoch)
         loader = t.hooks.train_loader(pos.epoch)
         desc = f"stage {pos.stage} epoch {pos.stage_epoch + 1}/{stage.epochs}"
-        began = time.perf_counter()
-        train_loss, lr = t.train_epoch(loader, desc, pos)
-        metrics = t.hooks.evaluate(t.eval_model)
+        began = time.perf_counter() - build_s  # the cache's build counts in the first epoch's time
+        build_s = 0.0
+        if cache is not None:
+            train_loss, lr, metrics = t.cached_epoch(spec, cache, loader, desc, pos)
+        else:
+            train_loss, lr = t.train_epoch(loader, desc, pos)
+            metrics = t.hooks.evaluate(t.eval_model)
         seconds = round(time.perf_counter() - began, 3)  # training + evaluation (after a resume: its part)
         row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, EPOCH_SECONDS: seconds, "train/loss": train_loss,
                **metrics}
@@ -230,6 +300,19 @@ def _run_stage(t: _Trainer, pos: Position, saved: dict | None, writer) -> None:
                   t.hooks.on_epoch_end, writer)
         if t.stop:  # it came during the epoch's last step or its evaluation: the epoch's checkpoint is written
             raise Interrupted(t.stop.signum, t.dir, f"after epoch {pos.epoch}")
+
+
+class _Sized:
+    """An iterable with a length, made afresh on each iteration."""
+
+    def __init__(self, make: Callable[[], Iterable], n: int):
+        self.make, self.n = make, n
+
+    def __iter__(self):
+        return iter(self.make())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class NonFinite:

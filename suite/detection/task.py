@@ -60,6 +60,10 @@ def staged_yaml(data) -> Path:
     return path
 
 
+NO_CACHE = ("detection heads (RPN, RoI heads) take feature maps and proposals, not one feature vector "
+            "per image: cached features do not apply")
+
+
 class DetectionModality:
     """Satisfies suite.tasks.Modality for task ``detection``."""
 
@@ -130,7 +134,7 @@ class DetectionModality:
             return self.evaluate(recipe, model, data, "val", device).prefixed("val")
 
         return Hooks(loss=lambda model, batch: frcnn.loss(model, batch, device), evaluate=evaluate,
-                     train_loader=train_loader)
+                     train_loader=train_loader, cache=NO_CACHE)
 
     def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
         samples = getattr(data, split)

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from suite.core import report
 from suite.core.export import Axis, ExportSpec, OnnxIO, OnnxModel, as_bundle
+from suite.core.features import CacheSpec
 from suite.core.groups import ParamGroup
 from suite.core.loop import Hooks
 from suite.core.metrics import ClassificationEvaluator, EvalResult, TranscriptionEvaluator, check_metric_names
@@ -58,7 +59,7 @@ class SpeechModality:
         m = recipe.model
         return wav2vec2.build_model(m.arch, len(labels), weights, _ctc(recipe), pad_id=0,
                                     mask_time_prob=MASK_TIME_PROB.get(recipe.data.augment, 0.05),
-                                    trust=m.trust_weights)
+                                    trust=m.trust_weights, dropout=m.encoder_dropout)
 
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
         return wav2vec2.groups(model)
@@ -99,20 +100,34 @@ class SpeechModality:
             return DataLoader(ds, batch_size=bs, collate_fn=sdata.collate, num_workers=recipe.data.num_workers,
                               drop_last=n > bs and n % bs == 1, **order)
 
-        return Hooks(loss=loss, evaluate=evaluate, train_loader=train_loader)
+        def cache(model: nn.Module) -> CacheSpec:
+            parts, why = wav2vec2.cache_spec_parts(model, _uses_mask(model))
+            point, extract, head = parts or (model, None, None)
+            return CacheSpec(point=point, extract=extract, head=head, blocker=why or _cache_blocker(recipe, data),
+                             loss=lambda out, y: nn.functional.cross_entropy(out.float(), y.to(device)),
+                             inputs=lambda batch: _inputs(model, batch, device), targets=lambda batch: batch["labels"],
+                             val_loader=lambda: self._eval_loader(recipe, data, "val"),
+                             val_metrics=lambda scored: _score_classes(data, scored).prefixed("val"))
 
-    def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
+        return Hooks(loss=loss, evaluate=evaluate, train_loader=train_loader,
+                     cache=cache if not _ctc(recipe) else "speech-ctc scores every frame, not one vector per clip")
+
+    def _eval_loader(self, recipe: Recipe, data, split: str) -> DataLoader:
         clips = getattr(data, split)
-        if not clips:
-            return None
         ds = sdata.AudioDataset(clips, data, recipe.task, train=False, max_seconds=recipe.data.max_seconds)
         bs = recipe.train.eval_batch_size or recipe.train.batch_size
         if _ctc(recipe) or len({round(c.seconds * SAMPLE_RATE) for c in clips}) > 1:
             # zero padding without a mask moves a group-norm Wav2Vec2's outputs: clips of different lengths
             # are scored one at a time, exactly as the deployed runtime runs them
             bs = 1
-        loader = DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=sdata.collate,
-                            num_workers=recipe.data.num_workers)
+        return DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=sdata.collate,
+                          num_workers=recipe.data.num_workers)
+
+    def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
+        clips = getattr(data, split)
+        if not clips:
+            return None
+        loader = self._eval_loader(recipe, data, split)
         ctc = _ctc(recipe)
         ev = TranscriptionEvaluator() if ctc else ClassificationEvaluator(data.labels)
         model.eval()
@@ -177,11 +192,37 @@ class SpeechModality:
         return {k.replace("val/", f"{split}/"): v for k, v in got.items()}
 
 
+def _score_classes(data, scored) -> EvalResult:
+    """Classification metrics of (logits, labels) batches: the model's, or its head's on cached features."""
+    ev = ClassificationEvaluator(data.labels)
+    for logits, labels in scored:
+        ev.update(logits, labels, loss=float(nn.functional.cross_entropy(logits, labels)), n=len(logits))
+    return ev.compute()
+
+
+def _cache_blocker(recipe: Recipe, data) -> str | None:
+    """Why this data's training clips are not a fixed function of the file (None: they are)."""
+    if recipe.data.augment != "none":
+        return f"data.augment is {recipe.data.augment} (random noise, shifts and time masking change the " \
+               "features every epoch); set data.augment: none to cache"
+    lengths = {round(c.seconds * SAMPLE_RATE) for c in data.train}
+    if len(lengths) > 1:
+        return "training clips differ in length, so a clip's features depend on the padding of its batch"
+    top = recipe.data.max_seconds
+    if top and any(c.seconds > top for c in data.train):
+        return f"clips longer than data.max_seconds ({top} s) are cropped at random"
+    return None
+
+
+def _uses_mask(model: nn.Module) -> bool:
+    return getattr(model.config, "feat_extract_norm", "group") == "layer"
+
+
 def _inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
     """input_values, plus the attention mask only for layer-norm feature encoders: Wav2Vec2 models with
     group norm (base) were trained on zero-padded batches without one (transformers' own advice)."""
     out = {"input_values": batch["input_values"].to(device)}
-    if getattr(model.config, "feat_extract_norm", "group") == "layer":
+    if _uses_mask(model):
         out["attention_mask"] = batch["attention_mask"].to(device)
     return out
 

@@ -39,6 +39,9 @@ def _classes(ctc: bool):
     return Wav2Vec2ForCTC if ctc else Wav2Vec2ForSequenceClassification
 
 
+ENCODER_DROPOUTS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
+
+
 def _head_kwargs(ctc: bool, n: int, pad_id: int) -> dict:
     if ctc:  # mean loss, and a loss of 0 instead of inf for a clip too short for its transcript (transformers #10884)
         return dict(vocab_size=n, pad_token_id=pad_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
@@ -46,7 +49,7 @@ def _head_kwargs(ctc: bool, n: int, pad_id: int) -> dict:
 
 
 def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int = 0, mask_time_prob: float = 0.05,
-                layerdrop: float = 0.0, trust: bool = False) -> nn.Module:
+                layerdrop: float = 0.0, trust: bool = False, dropout: float | None = None) -> nn.Module:
     """Wav2Vec2ForSequenceClassification / ForCTC with ``n_outputs`` classes or vocabulary tokens.
 
     ``weights``: ``none`` (random init, ``arch`` sets the size), a Hugging Face id (from the local HF cache),
@@ -61,6 +64,8 @@ def build_model(arch: str, n_outputs: int, weights: str, ctc: bool, pad_id: int 
         raise UserError(f"model.arch '{arch}' is not a speech model; use one of {', '.join(SIZES)}")
     cls = _classes(ctc)
     extra = dict(mask_time_prob=mask_time_prob, layerdrop=layerdrop, **_head_kwargs(ctc, n_outputs, pad_id))
+    if dropout is not None:  # `model.encoder_dropout`; None: the config's (or the weights' config's) own
+        extra.update({k: dropout for k in ENCODER_DROPOUTS})
     source = W.parse(weights)
     folder = Path(source.value)
     if source.kind == W.NONE or (source.kind == W.FILE and not folder.is_dir()):
@@ -87,6 +92,24 @@ def resolve_weights(weights: str) -> str:
         raise UserError(f"model.weights pypi:{source.value}: no speech model uses it; a Wav2Vec2 takes a Hugging "
                         "Face id, a save_pretrained folder or a state_dict file")
     return str(W.hub_folder(source.value))
+
+
+def cache_spec_parts(model: nn.Module, use_mask: bool):
+    """Cached features of a Wav2Vec2ForSequenceClassification: the encoder's hidden states averaged over the
+    clip's frames (the projector is linear, so it commutes with the mean: equal to transformers' own pooling up
+    to float rounding), and the head that maps them to logits. None and a reason where it does not apply."""
+    if not hasattr(model, "projector"):
+        return None, "CTC heads score every frame, not one vector per clip"
+    if getattr(model.config, "use_weighted_layer_sum", False):
+        return None, "use_weighted_layer_sum: the layer weights train with the head, so the features change"
+
+    def extract(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        if not use_mask:
+            return hidden.mean(dim=1)
+        frames = model._get_feature_vector_attention_mask(hidden.shape[1], batch["attention_mask"].to(hidden.device))
+        return (hidden * frames.unsqueeze(-1)).sum(1) / frames.sum(1, keepdim=True)
+
+    return (model.projector, extract, lambda f: model.classifier(model.projector(f))), None
 
 
 def head_prefixes(model: nn.Module) -> list[str]:

@@ -199,6 +199,19 @@ def _head_group(model: nn.Module, taken: set[int]) -> list[nn.Module]:
     return [m for m in parent if m is head or (id(m) not in taken and not any(True for _ in m.parameters()))]
 
 
+def cache_point(model: nn.Module) -> nn.Module:
+    """Where cached features are taken (train.cache_features): the module whose input they are and whose output
+    is the model's. The Head, or the Sequential holding it when every other child there has no parameters
+    (the classifier's Dropout: it stays in the cached path, drawn afresh every epoch)."""
+    name = head_prefixes_of(model)[0][:-1]
+    head, parent = model.get_submodule(name), model.get_submodule(name.rpartition(".")[0])
+    if parent is model or not isinstance(parent, nn.Sequential) or list(parent)[-1] is not head:
+        return head
+    if all(m is head or not any(True for _ in m.parameters()) for m in parent):
+        return parent
+    return head
+
+
 def model_groups(arch: str, model: nn.Module) -> list[ParamGroup]:
     """Named groups, input to output; the last is ``head`` (the new Head). Covers every parameter once."""
     if not head_prefixes_of(model):

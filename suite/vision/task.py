@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from suite.core import report
 from suite.core.export import ExportSpec, OnnxIO, OnnxModel
+from suite.core.features import CacheSpec
 from suite.core.groups import ParamGroup
 from suite.core.loop import Hooks
 from suite.core.metrics import ClassificationEvaluator, EvalResult, RegressionEvaluator, check_metric_names
@@ -85,15 +86,29 @@ class VisionModality:
         criterion = self._criterion(recipe, data).to(device)
         regression = _regression(recipe)
 
-        def loss(model: nn.Module, batch) -> torch.Tensor:
-            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-            out = model(x)
+        def head_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            y = y.to(device, non_blocking=True)
             return criterion(out.squeeze(-1).float(), y.float()) if regression else criterion(out.float(), y)
+
+        def loss(model: nn.Module, batch) -> torch.Tensor:
+            return head_loss(model(batch[0].to(device, non_blocking=True)), batch[1])
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             return self.evaluate(recipe, model, data, "val", device).prefixed("val")
 
-        return Hooks(loss=loss, evaluate=evaluate, train_loader=lambda epoch: self._train_loader(recipe, data, epoch))
+        def cache(model: nn.Module) -> CacheSpec:
+            blocker = None
+            if recipe.data.augment != "none":
+                blocker = f"data.augment is {recipe.data.augment} (random crops and flips change the features " \
+                          "every epoch); set data.augment: none to cache"
+            return CacheSpec(point=models.cache_point(model), loss=head_loss,
+                             inputs=lambda batch: batch[0].to(device, non_blocking=True),
+                             targets=lambda batch: batch[1], val_loader=lambda: self._eval_loader(recipe, data, "val"),
+                             val_metrics=lambda scored: self._score(recipe, data, scored).prefixed("val"),
+                             blocker=blocker)
+
+        return Hooks(loss=loss, evaluate=evaluate, train_loader=lambda epoch: self._train_loader(recipe, data, epoch),
+                     cache=cache)
 
     def _criterion(self, recipe: Recipe, data) -> nn.Module:
         if _regression(recipe):
@@ -114,24 +129,34 @@ class VisionModality:
                           num_workers=recipe.data.num_workers, drop_last=n > bs and n % bs == 1,  # a batch of 1 breaks BatchNorm
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
-    def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
-        dataset = getattr(data, split)
-        if dataset is None:
-            return None
+    def _eval_loader(self, recipe: Recipe, data, split: str) -> DataLoader:
         bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
-        loader = DataLoader(dataset, batch_size=bs, shuffle=False, num_workers=recipe.data.num_workers)
+        return DataLoader(getattr(data, split), batch_size=bs, shuffle=False, num_workers=recipe.data.num_workers)
+
+    def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
+        if getattr(data, split) is None:
+            return None
+        model.eval()
+
+        def scored():
+            with torch.inference_mode():
+                for x, y in tqdm(self._eval_loader(recipe, data, split), desc=f"eval {split}", leave=False,
+                                 dynamic_ncols=True, disable=None):
+                    yield model(x.to(device)).float().cpu(), y
+
+        return self._score(recipe, data, scored())
+
+    def _score(self, recipe: Recipe, data, scored) -> EvalResult:
+        """Metrics of (outputs, targets) batches: the full model's or the head's on cached features."""
         regression = _regression(recipe)
         ev = RegressionEvaluator() if regression else ClassificationEvaluator(data.labels)
         criterion = nn.MSELoss() if regression else nn.CrossEntropyLoss()
-        model.eval()
-        with torch.inference_mode():
-            for x, y in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True, disable=None):
-                out = model(x.to(device)).float().cpu()
-                if regression:
-                    out = out.squeeze(-1)
-                    ev.update(out, y, loss=criterion(out, y.float()).item(), n=len(y))
-                else:
-                    ev.update(out, y, loss=criterion(out, y).item(), n=len(y))
+        for out, y in scored:
+            if regression:
+                out = out.squeeze(-1)
+                ev.update(out, y, loss=criterion(out, y.float()).item(), n=len(y))
+            else:
+                ev.update(out, y, loss=criterion(out, y).item(), n=len(y))
         return ev.compute()
 
     def export_spec(self, recipe: Recipe, data, model: nn.Module) -> ExportSpec:
