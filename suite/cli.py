@@ -52,6 +52,24 @@ def validate(recipes, overrides):
         click.echo(f"{path}: ok: {validate_recipe(path, overrides)}")
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@_set
+@click.option("--trials", type=int, help="Finished trials wanted in the study (default: the recipe's tune.trials).")
+@click.option("--storage", help="SQLAlchemy URL of the study (default sqlite:///OUT/study.db).")
+@click.option("--timeout", type=float, help="Stop starting new trials after this many seconds.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for trials and results (default runs/<name>-tune).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def tune(recipe, overrides, trials, storage, timeout, out, device):
+    """Search the recipe's tune: space with Optuna (run it again to continue an interrupted search)."""
+    from suite.tune import tune as tune_recipe
+
+    result = tune_recipe(recipe, overrides, trials, storage, timeout, out, device)
+    click.echo(f"best: trial {result.best_number}, {result.metric}={result.best_value:.4f} "
+               f"({result.trials} trials finished)")
+    click.echo(f"{result.out / 'best.yaml'} (suite run it), trials.csv, report.md in {result.out}")
+
+
 @cli.command(name="lr-find")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @_set
@@ -258,7 +276,7 @@ def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="suite", standalone_mode=False)
     except Interrupted as e:
-        click.echo(f"interrupted; continue with: suite run --resume {e.run_dir}", err=True)
+        click.echo(f"interrupted; continue with: {e.again}", err=True)
         sys.exit(e.exit_code)
     except UserError as e:
         click.echo(f"error: {e}", err=True)

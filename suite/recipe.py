@@ -29,6 +29,9 @@ PROBE_TASKS = ("image-classification", "speech-classification")  # where a linea
 QUANTIZE = ("int8-dynamic", "int8-static")
 RUNTIMES = ("torch", "torch.compile", "onnxruntime")
 CACHE_MODES = ("auto", "true", "false")
+AUGMENT_LEVELS = ("none", "light", "standard")
+SOURCE_FORMATS = ("imagefolder", "imagenet-photos")
+SOURCE_TASKS = ("image-classification",)  # where eval.source (forgetting) is measured
 CACHE_TASKS = ("image-classification", "image-regression", "speech-classification")  # one feature vector per sample
 
 
@@ -181,9 +184,52 @@ class TrainCfg:
 
 
 @dataclass(frozen=True)
+class TuneCfg:
+    """`suite tune`'s search space (Optuna TPE). A range is [low, high]; null leaves that knob as the recipe has it.
+    The recipe's own values are the first trial, so the search reports against them."""
+
+    trials: int = 20  # `--trials` overrides
+    seed: int = 0  # the sampler's
+    metric: str | None = None  # default: the run's selection metric (train.early_stop.metric or the task's)
+    lr: tuple[float, ...] | None = (0.2, 5.0)  # multipliers of each stage's lr, log scale, one parameter per stage
+    weight_decay: tuple[float, ...] | None = (1.0e-4, 0.1)  # optim.weight_decay, log scale
+    freeze_depth: bool = True  # the k of every `train: {last: k}` stage, from 1 to every group
+    layer_decay: tuple[float, ...] | None = (0.5, 1.0)  # stages that set layer_decay
+    augment: tuple[str, ...] = ()  # levels to choose from, e.g. [none, light, standard]; () keeps data.augment
+    epochs: tuple[float, ...] | None = None  # multipliers of each stage's epochs (rounded, at least 1)
+    prune: bool = True  # median pruning on the per-epoch validation metric
+    startup_trials: int = 4  # trials that are never pruned (and that TPE samples at random)
+
+    def __post_init__(self):
+        if self.trials < 1 or self.startup_trials < 0:
+            raise FieldError("trials", "trials must be >= 1 and startup_trials >= 0")
+        for name in ("lr", "weight_decay", "layer_decay", "epochs"):
+            r = getattr(self, name)
+            if r is not None and (len(r) != 2 or not 0 < r[0] <= r[1]):
+                raise FieldError(name, f"must be [low, high] with 0 < low <= high, got {list(r)}")
+        if self.layer_decay is not None and self.layer_decay[1] > 1:
+            raise FieldError("layer_decay", f"must lie in (0, 1], got {list(self.layer_decay)}")
+        for level in self.augment:
+            _one_of("augment", level, AUGMENT_LEVELS)
+
+
+@dataclass(frozen=True)
+class SourceCfg:
+    """The source task's data, for forgetting: class folders named as the pre-trained head's labels."""
+
+    root: str
+    format: str = "imagefolder"  # or imagenet-photos: real photos packages ship, copied into root first
+
+    def __post_init__(self):
+        _one_of("format", self.format, SOURCE_FORMATS)
+
+
+@dataclass(frozen=True)
 class EvalCfg:
     metrics: tuple[str, ...] = ()  # () means every metric of the task
     compare: tuple[str, ...] = ()  # baselines with the same budget: scratch, linear_probe
+    # forgetting: the source task's metric with the pre-trained head, before and after fine-tuning
+    source: SourceCfg | None = None
 
     def __post_init__(self):
         for name in self.compare:
@@ -244,6 +290,7 @@ class Recipe:
     eval: EvalCfg = field(default_factory=EvalCfg)
     export: ExportCfg = field(default_factory=ExportCfg)
     bench: BenchCfg = field(default_factory=BenchCfg)
+    tune: TuneCfg = field(default_factory=TuneCfg)
 
     def __post_init__(self):
         if self.model.encoder_dropout is not None and not self.task.startswith("speech"):

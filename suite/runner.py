@@ -19,7 +19,7 @@ from suite.core.schedule import Stage, check_schedule, total_epochs
 from suite.core.stages import BEST, LAST, Interrupted, Position, stop_requested, stop_signals
 from suite.core.transfer import transfer_block, transfer_section
 from suite.errors import UserError
-from suite.recipe import CACHE_TASKS, PROBE_TASKS, Recipe, dump_recipe
+from suite.recipe import CACHE_TASKS, PROBE_TASKS, SOURCE_TASKS, Recipe, dump_recipe
 from suite.tasks import Modality, load_recipe, modality_for
 
 
@@ -62,12 +62,18 @@ def baseline_recipe(recipe: Recipe, name: str) -> Recipe:
         schedule=(Stage(epochs=total_epochs(recipe.schedule), train="head" if probe else "all",
                         lr=recipe.schedule[0].lr),),
         data=dataclasses.replace(recipe.data, augment="none") if probe else recipe.data,
-        eval=dataclasses.replace(recipe.eval, compare=()), export=dataclasses.replace(recipe.export, onnx=False))
+        eval=dataclasses.replace(recipe.eval, compare=(), source=None),
+        export=dataclasses.replace(recipe.export, onnx=False))
 
 
 def check_baselines(recipe: Recipe) -> None:
     """Before any work: a baseline (or cached features) that does not apply to this task is an error now, not
     after training."""
+    if recipe.eval.source is not None and recipe.task not in SOURCE_TASKS:
+        raise UserError(f"eval.source (forgetting) is measured for {', '.join(SOURCE_TASKS)}; {recipe.task} does "
+                        "not measure it yet: remove eval.source")
+    if recipe.eval.source is not None and recipe.model.weights == "none":
+        raise UserError("eval.source measures what the pre-trained weights forget, but model.weights is none")
     if recipe.train.cache_features == "true" and recipe.task not in CACHE_TASKS:
         raise UserError(f"train.cache_features: true applies to {', '.join(CACHE_TASKS)} (one feature vector per "
                         f"sample before the head); {recipe.task} heads take feature maps or frames: set it to auto")
@@ -153,8 +159,9 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     baselines = {name: _baseline(name, recipe, run_dir, device, resume) for name in recipe.eval.compare}
     _check_stop("before the export")
     document = metrics.metrics_document(recipe.task, val, test, baselines)
+    source = mod.evaluate_source(recipe, model, device) if recipe.eval.source is not None else None
     document["transfer"] = transfer_block(opts.select_metric, document["val"], baselines,
-                                          report.read_history(run_dir / rundir.HISTORY))
+                                          report.read_history(run_dir / rundir.HISTORY), source)
     metrics.write_metrics_json(run_dir / rundir.METRICS, document)
     table = _comparison(recipe, val, baselines)
     sections, plots = [], []

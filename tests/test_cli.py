@@ -16,10 +16,10 @@ def test_user_error_exits_2_with_one_line(suite_cli, tmp_path):
 def test_validate_scans_data_and_checks_schedule(suite_cli, tmp_path):
     recipe = ROOT / "recipes/quickstart/shapes-finetune.yaml"
     # no pretrain run here: random init, so validate gets to the data and the schedule
-    code, out, _ = suite_cli("validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none",
+    code, out, _ = suite_cli("validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none", "-s", "eval.source=null",
                         "-s", "data.synthetic.train_per_class=2", "-s", "data.synthetic.val_per_class=1")
     assert code == 0 and "4 classes, 6 groups, 3 stages" in out and "train 8 images, 8 kept; val 4 images, 4 kept" in out
-    code, _, err = suite_cli("validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none",
+    code, _, err = suite_cli("validate", str(recipe), "-s", f"data.root={tmp_path / 'd'}", "-s", "model.weights=none", "-s", "eval.source=null",
                         "-s", "data.synthetic.train_per_class=2", "-s", "data.synthetic.val_per_class=1",
                         "-s", "schedule.1.train=[layer9]")
     assert code == 2 and "unknown group 'layer9'" in err and "stem, layer1" in err

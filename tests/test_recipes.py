@@ -60,6 +60,10 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
         out += ["data.format=imagefolder", f"data.root={data_root / 'folder'}"]
     if raw["model"].get("head", {}).get("hidden"):
         out.append("model.head.hidden=[16, 16]")  # VGG's 25088x4096 layers: same layout, less memory
+    source = raw.get("eval", {}).get("source")
+    if source:  # forgetting needs the pre-trained head: kept with packaged weights, photos in the tmp folder
+        out.append(f"eval.source={{format: {source.get('format', 'imagefolder')}, root: {data_root / 'source'}}}"
+                   if keep else "eval.source=null")
     return out
 
 

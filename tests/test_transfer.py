@@ -77,3 +77,46 @@ eval: {{compare: [linear_probe]}}
     assert sorted(k for k in best if k.startswith("fc")) == ["fc.bias", "fc.weight"]  # one linear layer, no hidden
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(doc["transfer"]["comparisons"]) == {"linear_probe"}
+
+
+def test_forgetting_scores_the_source_head_before_and_after(tmp_path):
+    """Weights from a suite run: its head and labels score its validation images; a head-only fine-tune leaves
+    the backbone as it was (no forgetting, to the bit), training everything moves the source metrics."""
+    import json
+
+    import pytest
+
+    from suite.errors import UserError
+    from suite.runner import check_baselines, run
+    from suite.tasks import load_recipe
+
+    recipe = tmp_path / "pre.yaml"
+    recipe.write_text(f"""\
+name: pre
+task: image-classification
+model: {{arch: resnet18, weights: none}}
+data: {{format: synthetic:shapes, root: {tmp_path / 'source'}, image_size: 32, resize: 32, augment: none,
+        synthetic: {{classes: [circle, square, triangle], train_per_class: 4, val_per_class: 3, size: 32}}}}
+schedule: [{{epochs: 2, train: all, lr: 1.0e-3}}]
+train: {{batch_size: 6}}
+""")
+    pre = run(recipe, [], tmp_path / "pre")
+    weights = tmp_path / "pre" / "checkpoints" / "best.safetensors"
+    target = [f"model.weights={weights}", "name=target", f"data.root={tmp_path / 'target'}",
+              "data.synthetic.classes=[star, ring]", f"eval.source={{root: {tmp_path / 'source' / 'val'}}}"]
+    head_only = run(recipe, [*target, "schedule=[{epochs: 1, train: head, lr: 1.0e-2}]"], tmp_path / "head")
+    kept = head_only.metrics["transfer"]["forgetting"]
+    assert kept["images"] == 9 and kept["classes"] == 3 and kept["before"] == kept["after"]
+    assert kept["before"]["accuracy"] == pytest.approx(pre.metrics["val"]["val/accuracy"])  # the same 9 images
+    assert kept["before"]["loss"] == pytest.approx(pre.metrics["val"]["val/loss"], rel=1e-5)
+    assert kept["verdict"].startswith("source accuracy kept")
+    moved = run(recipe, [*target, "schedule=[{epochs: 2, train: all, lr: 5.0e-2}]"], tmp_path / "all")
+    f = json.loads((tmp_path / "all" / "metrics.json").read_text())["transfer"]["forgetting"]
+    assert f["before"] == kept["before"] and f["after"]["loss"] != f["before"]["loss"]
+    assert f["drop"]["loss"] == pytest.approx(f["after"]["loss"] - f["before"]["loss"])
+    assert "| source task |" in (tmp_path / "all" / "report.md").read_text()
+
+    with pytest.raises(UserError, match="eval.source .* is measured for image-classification"):
+        check_baselines(load_recipe("recipes/quickstart/detect-shapes.yaml", ["eval.source={root: x}"]))
+    with pytest.raises(UserError, match="model.weights is none"):
+        check_baselines(load_recipe(recipe, ["eval.source={root: x}"]))

@@ -131,10 +131,10 @@ def tensorboard(path: Path, purge_step: int):
 class Interrupted(Exception):
     """Training stopped on SIGTERM/SIGINT after writing a checkpoint; `suite run --resume DIR` continues."""
 
-    def __init__(self, signum: int, run_dir: Path, where: str):
+    def __init__(self, signum: int, run_dir: Path, where: str, again: str | None = None):
         self.signum, self.run_dir, self.where = signum, Path(run_dir), where
-        super().__init__(f"interrupted ({signal.Signals(signum).name}) {where}; continue with: "
-                         f"suite run --resume {run_dir}")
+        self.again = again or f"suite run --resume {run_dir}"  # the command that continues
+        super().__init__(f"interrupted ({signal.Signals(signum).name}) {where}; continue with: {self.again}")
 
     @property
     def exit_code(self) -> int:

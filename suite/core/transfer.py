@@ -1,4 +1,5 @@
-"""The transfer report: did the pre-trained weights help (negative transfer), and did training overfit.
+"""The transfer report: did the pre-trained weights help (negative transfer), did training overfit, and what did
+the model forget of its source task.
 
 Pure functions over what a run already has (its validation metrics, its baselines' and its history.csv rows);
 the result is metrics.json's ``transfer`` block and a report.md section.
@@ -14,10 +15,10 @@ GAP_GROWTH = 0.05  # the val - train loss gap must grow by this much after the b
 
 
 def transfer_block(metric: str, val: Mapping[str, float], baselines: Mapping[str, dict],
-                   history: Sequence[Mapping[str, float]]) -> dict:
+                   history: Sequence[Mapping[str, float]], source: Mapping | None = None) -> dict:
     """``val``: the fine-tuned model's prefixed validation metrics; ``baselines``: name -> metrics.json's
     baseline entry (its ``val``); ``history``: history.csv rows. ``metric`` picks the winner (its direction
-    from the name: loss, mse, cer, wer lower is better)."""
+    from the name: loss, mse, cer, wer lower is better). ``source``: the modality's evaluate_source result."""
     sign = 1.0 if metric_mode(metric) == "max" else -1.0
     comparisons = {}
     for name, doc in baselines.items():
@@ -28,7 +29,25 @@ def transfer_block(metric: str, val: Mapping[str, float], baselines: Mapping[str
         comparisons[name] = {"fine_tuned": float(val[metric]), "baseline": float(theirs), "gain": gain,
                              "verdict": _verdict(name, metric, gain)}
     return {"metric": metric, "comparisons": comparisons, "overfitting": overfitting(history, metric),
-            "forgetting": None}
+            "forgetting": forgetting(source) if source else None}
+
+
+def forgetting(source: Mapping) -> dict:
+    """The source task's metrics before and after fine-tuning, the drop of each (positive: worse after) and a
+    verdict on the top-1 accuracy."""
+    before, after = source["before"], source["after"]
+    drop = {k: (float(after[k]) - float(before[k])) if k == "loss" else (float(before[k]) - float(after[k]))
+            for k in before if k in after}
+    acc = drop.get("accuracy", 0.0)
+    where = f"{source['images']} images of the source task's {source['classes']} classes ({source['source']})"
+    if acc >= MARGIN:
+        verdict = (f"forgetting: source accuracy fell from {before['accuracy']:.4f} to {after['accuracy']:.4f} on "
+                   f"{where} (freeze more groups, lower the LR or use layer decay to keep more)")
+    elif acc <= -MARGIN:
+        verdict = f"no forgetting: source accuracy rose from {before['accuracy']:.4f} to {after['accuracy']:.4f} on {where}"
+    else:
+        verdict = f"source accuracy kept ({before['accuracy']:.4f} before, {after['accuracy']:.4f} after) on {where}"
+    return {**dict(source), "drop": drop, "verdict": verdict}
 
 
 def _verdict(name: str, metric: str, gain: float) -> str:
@@ -72,5 +91,14 @@ def transfer_section(block: dict) -> str:
     if not lines:
         lines.append("- no baseline to compare with (`eval.compare: [scratch]` adds one)")
     lines.append(f"- {block['overfitting']['note']}")
-    lines.append("- forgetting: not measured (it needs the source task's data; not implemented yet)")
+    f = block.get("forgetting")
+    if f is None:
+        lines.append("- forgetting: not measured (`eval.source:` names the source task's data)")
+    else:
+        lines.append(f"- {f['verdict']}")
+        rows = ["| source task | " + " | ".join(f["before"]) + " |", "|---" * (len(f["before"]) + 1) + "|"]
+        rows += [f"| {when} | " + " | ".join(f"{f[when][k]:.4f}" for k in f["before"]) + " |"
+                 for when in ("before", "after")]
+        rows.append("| drop | " + " | ".join(f"{f['drop'][k]:+.4f}" for k in f["before"]) + " |")
+        lines += ["", *rows]
     return "\n".join(lines)

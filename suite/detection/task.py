@@ -109,6 +109,9 @@ class DetectionModality:
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
         return yolo.groups(model) if _kind(recipe) == "yolo" else frcnn.groups(model)
 
+    def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
+        return None  # forgetting is measured for image classification only (runner.check_baselines says so)
+
     def default_metric(self, recipe: Recipe) -> str:
         return "val/map50_95"
 

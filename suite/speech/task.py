@@ -73,6 +73,9 @@ class SpeechModality:
     def task_for(self, arch: str) -> str | None:
         return "speech-classification" if wav2vec2.is_wav2vec2(arch) else None
 
+    def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
+        return None  # forgetting is measured for image classification only (runner.check_baselines says so)
+
     def default_metric(self, recipe: Recipe) -> str:
         # CER moves before WER does on a small model, so it picks the best epoch more reliably
         return "val/cer" if _ctc(recipe) else "val/accuracy"

@@ -129,6 +129,21 @@ class VisionModality:
                           num_workers=recipe.data.num_workers, drop_last=n > bs and n % bs == 1,  # a batch of 1 breaks BatchNorm
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
+    def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
+        if recipe.eval.source is None:
+            return None
+        from suite.vision import source
+
+        before, labels, pre = source.source_model(recipe)
+        after = source.with_backbone(before, model)
+        dataset, scan = source.source_dataset(recipe, labels, build_transforms(pre, "none")[1])
+        if not len(dataset):
+            raise UserError(f"eval.source: no readable image in {recipe.eval.source.root} ({scan.summary()})")
+        bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
+        return {"source": recipe.eval.source.root, "images": len(dataset), "classes": len(labels),
+                "before": source.score(before, dataset, len(labels), device, bs),
+                "after": source.score(after, dataset, len(labels), device, bs)}
+
     def _eval_loader(self, recipe: Recipe, data, split: str) -> DataLoader:
         bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
         return DataLoader(getattr(data, split), batch_size=bs, shuffle=False, num_workers=recipe.data.num_workers)
