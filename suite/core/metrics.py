@@ -26,15 +26,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from suite.core.checkpoint import atomic_write_text
 from suite.errors import UserError
@@ -95,7 +86,9 @@ class EvalResult:
 class _Evaluator:
     """Shared bookkeeping: a torchmetrics collection plus a sample-weighted loss mean."""
 
-    def __init__(self, metrics: dict[str, Metric], device: str | torch.device) -> None:
+    def __init__(self, metrics: dict, device: str | torch.device) -> None:
+        from torchmetrics import MetricCollection
+
         self.device = torch.device(device)
         # compute_groups lets precision/recall/f1 (and their per-class twins) share one
         # set of stat-score states instead of counting the same tp/fp/fn six times.
@@ -137,7 +130,15 @@ class ClassificationEvaluator(_Evaluator):
             raise ValueError(f"classification needs at least 2 labels, got {c}")
         if len(set(self.labels)) != c:
             raise ValueError("labels must be unique (they key the per-class table)")
-        metrics: dict[str, Metric] = {
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassConfusionMatrix,
+            MulticlassF1Score,
+            MulticlassPrecision,
+            MulticlassRecall,
+        )
+
+        metrics = {
             "accuracy": MulticlassAccuracy(c, average="micro"),
             "precision": MulticlassPrecision(c, average="macro", zero_division=0),
             "recall": MulticlassRecall(c, average="macro", zero_division=0),
@@ -184,6 +185,8 @@ class RegressionEvaluator(_Evaluator):
     """Mean squared and mean absolute error of a single scalar output."""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
+        from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+
         super().__init__({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}, device)
 
     def update(
