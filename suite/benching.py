@@ -36,5 +36,10 @@ def bench_run_dir(target: str | Path, batch_sizes: Sequence[int] = (1, 8), threa
     sizes = list(batch_sizes) if batch_axis else [1]  # one item per call (a torchvision detector): batch 1
     rows = run_bench(torch_model, variants, tuple(bench["item_shape"]), sizes, threads=threads,
                      compile=compile, warmup=warmup, iters=iters, batch_axis=batch_axis)
+    for row in rows:  # what an int8 variant covers (a CNN's int8-dynamic: the final Gemm only), in bench.json
+        covers = meta["variants"].get(row.precision, {}).get("quantization", {}).get("covers") \
+            if row.runtime == "onnxruntime" else None
+        if covers and covers.get("note"):
+            row.note = "; ".join(n for n in (row.note, covers["note"]) if n)
     _, png = write_bench(rows, out_dir)
     return bench_table(rows), png

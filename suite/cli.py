@@ -1,6 +1,7 @@
 """The `suite` command. Thin: parse, call one function, print. Heavy imports happen inside commands."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,15 +31,26 @@ _set = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--trust-weights", is_flag=True,
               help="Load weights files that pickle Python objects (they can run code): only files you trust.")
-def run(recipe, overrides, out, device, resume, overwrite, trust_weights):
+@click.option("--nproc", default=1, show_default=True,
+              help="Processes per machine (torchrun + DDP; one per GPU, or gloo on CPU). The global batch stays "
+                   "train.batch_size.")
+@click.option("--nnodes", default=1, show_default=True, help="Machines (with --node-rank and --rdzv-endpoint).")
+@click.option("--node-rank", default=0, show_default=True)
+@click.option("--rdzv-endpoint", help="HOST:PORT of the first machine, for --nnodes > 1.")
+def run(recipe, overrides, out, device, resume, overwrite, trust_weights, nproc, nnodes, node_rank, rdzv_endpoint):
     """Train RECIPE, evaluate it, compare with baselines, and write the run directory."""
     from suite.runner import run as run_recipe
 
     if not recipe and not resume:
         raise UserError("give a RECIPE to run, or --resume DIR")
     overrides = (*overrides, "model.trust_weights=true") if trust_weights else overrides
+    if (nproc > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:  # not yet inside a torchrun worker
+        from suite.launch import launch
+
+        sys.exit(launch(recipe, overrides, out, device, resume, overwrite, nproc, nnodes, node_rank, rdzv_endpoint))
     result = run_recipe(recipe, overrides, out, device, resume, overwrite)
-    click.echo(f"\n{result.table}\n\nrun directory: {result.run_dir} (report.md, metrics.json, checkpoints/)")
+    if result.table:  # empty on DDP ranks other than 0
+        click.echo(f"\n{result.table}\n\nrun directory: {result.run_dir} (report.md, metrics.json, checkpoints/)")
 
 
 @cli.command()

@@ -94,15 +94,20 @@ def _reasons(report: dict) -> str:
 def parity_table(report: dict, out: Path) -> str:
     """verify.json as markdown: one row per variant."""
     meta = json.loads((out / "model.json").read_text())
-    rows = ["| variant | metric | PyTorch | onnxruntime | delta | max abs diff | size MB | passed |",
-            "|---|---|---:|---:|---:|---:|---:|---|"]
+    rows = ["| variant | metric | PyTorch | onnxruntime | delta | max abs diff | size MB | int8 ops | passed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    notes = []
     for name, v in report["variants"].items():
         t = v["task"]
         diff = max((r["max_abs_diff"] or float("nan")) for r in v["tensor"]["shapes"])
         size = meta["variants"][name]["size_bytes"] / 2**20
+        covers = meta["variants"][name].get("quantization", {}).get("covers")
+        ops = f"{covers['int8_ops']}/{covers['weighted_ops']}" if covers else "–"
+        if covers and covers["note"]:
+            notes.append(f"- {name}: {covers['note']}")
         rows.append(f"| {name} | {t['metric']} | {t['torch']:.4f} | {t['onnxruntime']:.4f} | {t['delta']:+.4f} | "
-                    f"{diff:.2e} | {size:.1f} | {'yes' if v['passed'] else 'NO'} |")
-    return "\n".join(rows)
+                    f"{diff:.2e} | {size:.1f} | {ops} | {'yes' if v['passed'] else 'NO'} |")
+    return "\n".join(rows + ([""] + notes if notes else []))
 
 
 def export_and_bench(recipe: Recipe, mod: Modality, data, model, run_dir: Path) -> tuple[list, list]:

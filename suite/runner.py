@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from suite import rundir
-from suite.core import checkpoint, metrics, report
+from suite.core import checkpoint, dist, metrics, report
 from suite.core.groups import check_groups, group_names
 from suite.core.loop import FitOptions, fit, resolve_device, seed_everything
 from suite.core.schedule import Stage, check_schedule, total_epochs
@@ -88,6 +88,7 @@ def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str 
         device: str = "auto", resume: str | Path | None = None, overwrite: bool = False,
         on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     """Train, evaluate, compare with baselines, write the run directory."""
+    dev = dist.init(resolve_device(device))  # under torchrun: join the process group, this rank's device
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / LAST).is_file():
@@ -95,15 +96,18 @@ def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str 
         recipe = load_recipe(run_dir / rundir.RECIPE, overrides)
     else:
         recipe = load_recipe(recipe_path, overrides)
-        run_dir = _fresh_run_dir(Path(out), overwrite) if out else _next_free(Path("runs") / recipe.name)
+        if not dist.is_main() and out:  # the launcher chose and checked the folder; rank 0 fills it
+            run_dir = Path(out)
+        else:
+            run_dir = fresh_run_dir(Path(out), overwrite) if out else next_free(Path("runs") / recipe.name)
     with stop_signals():  # SIGTERM/SIGINT: finish the step, write a checkpoint, raise Interrupted
         try:
-            return run_recipe(recipe, run_dir, resolve_device(device), resume is not None, on_epoch_end)
+            return run_recipe(recipe, run_dir, dev, resume is not None, on_epoch_end)
         except Interrupted as e:  # e.g. inside the scratch baseline: --resume takes the whole run's folder
             raise Interrupted(e.signum, run_dir, e.where) from None
 
 
-def _next_free(path: Path) -> Path:
+def next_free(path: Path) -> Path:
     """runs/NAME, else runs/NAME-2, -3, ... (as Ultralytics does): a new run never overwrites an old one."""
     i = 1
     while path.with_name(path.name if i == 1 else f"{path.name}-{i}").exists():
@@ -111,7 +115,7 @@ def _next_free(path: Path) -> Path:
     return path.with_name(path.name if i == 1 else f"{path.name}-{i}")
 
 
-def _fresh_run_dir(path: Path, overwrite: bool) -> Path:
+def fresh_run_dir(path: Path, overwrite: bool) -> Path:
     if not (path / rundir.RECIPE).exists():
         return path
     if not overwrite:
@@ -130,33 +134,48 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     except OSError as e:
         raise UserError(f"cannot create the run directory {run_dir} ({e.strerror or e}); choose another --out") \
             from None
-    checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
+    main = dist.is_main()  # under DDP only rank 0 writes the run directory
+    if main:
+        checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
-    log(f"[{recipe.name}] weights: {mod.resolve_weights(recipe)}")  # missing weights: stop before any data work
+    where = mod.resolve_weights(recipe)  # missing weights: stop before any data work
+    if not main:
+        dist.barrier()  # rank 0 generates and scans the data first; the others then find it ready
     data = mod.load_data(recipe)
-    log(f"[{recipe.name}] data: {data.report.summary()}")
-    rundir.write_labels(run_dir, data.labels)
+    if main:
+        dist.barrier()
+        log(f"[{recipe.name}] weights: {where}")
+        log(f"[{recipe.name}] data: {data.report.summary()}")
+        rundir.write_labels(run_dir, data.labels)
     seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run
     model, groups = model_and_groups(mod, recipe, data.labels, recipe.model.weights)
     model.to(device)
     opts = fit_options(recipe, mod.default_metric(recipe))
-    log(f"[{recipe.name}] training on {device}: groups {', '.join(group_names(groups))}")
+    if main:
+        ranks = f" x {dist.world()} processes (DDP, global batch {recipe.train.batch_size})" if dist.world() > 1 else ""
+        log(f"[{recipe.name}] training on {device}{ranks}: groups {', '.join(group_names(groups))}")
     trainer = mod.trainer(recipe, data)
+    if trainer is not None and dist.world() > 1:
+        raise UserError(f"--nproc: {recipe.model.arch} trains inside Ultralytics' own loop, which the suite does "
+                        "not launch under DDP yet; run it as one process")
     if not recipe.schedule:  # `head: keep` with no stage: the pre-trained model as it is
-        log(f"[{recipe.name}] empty schedule: evaluating and exporting the weights as loaded")
-        checkpoint.save_weights(run_dir / BEST, model.state_dict())
-        report.write_history(run_dir / rundir.HISTORY, [])
+        if main:
+            log(f"[{recipe.name}] empty schedule: evaluating and exporting the weights as loaded")
+            checkpoint.save_weights(run_dir / BEST, model.state_dict())
+            report.write_history(run_dir / rundir.HISTORY, [])
     elif trainer is not None:  # the library's trainer runs each stage (Ultralytics), with our groups and LRs
         trainer(model, groups, recipe.stages(), opts, run_dir, device, resume, on_epoch_end)
     else:
         hooks = dataclasses.replace(mod.hooks(recipe, data, device), on_epoch_end=on_epoch_end)
         fit(model, groups, recipe.stages(), hooks, opts, run_dir, device, resume)
     _check_stop("after training")
+    baselines = {name: _baseline(name, recipe, run_dir, device, resume) for name in recipe.eval.compare}
+    if not main:  # the other ranks trained (the baselines too); rank 0 evaluates and writes the rest
+        return RunResult(run_dir, {}, "")
 
     model.load_state_dict(_load_weights(run_dir / BEST))
     val = mod.evaluate(recipe, model, data, "val", device)
     test = mod.evaluate(recipe, model, data, "test", device)
-    baselines = {name: _baseline(name, recipe, run_dir, device, resume) for name in recipe.eval.compare}
     _check_stop("before the export")
     document = metrics.metrics_document(recipe.task, val, test, baselines)
     source = mod.evaluate_source(recipe, model, device) if recipe.eval.source is not None else None
@@ -203,7 +222,7 @@ def _baseline(name: str, recipe: Recipe, run_dir: Path, device: torch.device, re
     log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs {start}")
     again = resume and (sub_dir / LAST).is_file()
     result = run_recipe(sub, sub_dir, device, again)
-    return {split: result.metrics[split] for split in ("val", "test") if result.metrics.get(split)}
+    return {split: result.metrics[split] for split in ("val", "test") if result.metrics.get(split)}  # {}: rank > 0
 
 
 def _comparison(recipe: Recipe, val, baselines: dict) -> str:

@@ -184,4 +184,7 @@ def test_bench_vision_quick_end_to_end(tmp_path):
     sizes = {r["precision"]: r["size_mb"] for r in data["rows"] if r["runtime"] == "onnxruntime"}
     assert sizes["int8-static"] < 0.4 * sizes["fp32"]  # int8 weights really are a quarter of the bytes
     assert data["quantization"]["int8-static"]["activation"] == "QUInt8"
+    dynamic, static = data["quantization"]["int8-dynamic"]["covers"], data["quantization"]["int8-static"]["covers"]
+    assert (dynamic["int8_ops"], dynamic["weighted_ops"]) == (1, 21) and "convolutions stay fp32" in dynamic["note"]
+    assert static["int8_ops"] == 21 and static["note"] == ""  # 20 convolutions and the Gemm
     assert "resnet18" in script.report(out) and list(out.iterdir()) == [out / "resnet18.json"]

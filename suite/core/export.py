@@ -159,7 +159,31 @@ def quantize(fp32: Path, kind: str, out: Path, calibration: Iterable[np.ndarray]
         pre.unlink(missing_ok=True)
     if skip:
         choice["float_nodes"] = len(skip)
+    choice["covers"] = coverage(fp32, out)
     return choice
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm")
+
+
+def coverage(fp32: Path, quantized: Path) -> dict:
+    """How much of the graph a variant runs in int8: the weighted ops (Conv, Gemm, MatMul) of the fp32 graph,
+    and how many of them the quantized graph runs on int8 (integer ops, or QDQ with a dequantized weight). A CNN's
+    int8-dynamic covers only its final Gemm: fp32 size and speed, which bench.json and report.md then say."""
+    import onnx
+
+    total = sum(n.op_type in WEIGHTED_OPS for n in onnx.load(str(fp32), load_external_data=False).graph.node)
+    graph = onnx.load(str(quantized), load_external_data=False).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    inits = {i.name for i in graph.initializer}
+    covered = sum(n.op_type in INTEGER_OPS or (n.op_type in WEIGHTED_OPS and len(n.input) > 1
+                                                 and n.input[1] in dequantized and n.input[1] not in inits)
+                  for n in graph.node)
+    share = covered / total if total else 0.0
+    note = "" if share >= 0.5 else (f"only {covered} of {total} weighted ops run in int8 (convolutions stay fp32): "
+                                    "expect fp32 size and speed")
+    return {"int8_ops": covered, "weighted_ops": total, "note": note}
 
 
 def _input_name(path: Path) -> str:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from suite.core import checkpoint, features
+from suite.core import checkpoint, dist, features
 from suite.core.groups import ParamGroup, freeze_batchnorm, group_names, make_optimizer, optimizer_groups, set_trainable
 from suite.core.schedule import Stage, group_lrs, lr_factor, trainable_groups
 from suite.core.report import EPOCH_SECONDS
@@ -98,6 +98,7 @@ class _Trainer:
     def __init__(self, model, groups, stages, hooks, opts, run_dir, device):
         self.model, self.groups, self.stages, self.hooks, self.o = model, groups, stages, hooks, opts
         self.dir, self.device = Path(run_dir), device
+        self.net = model  # what the training step calls: the model, or its DDP wrapper (per stage)
         self.names = group_names(groups)
         self.amp = autocast_dtype(opts.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -113,6 +114,7 @@ class _Trainer:
     def begin_stage(self, i: int, steps_per_epoch: int, saved: dict | None):
         stage = self.stages[i]
         self.trainable, self.opt = stage_optimizer(self.groups, stage, self.o, f"schedule stage {i}")
+        self.net = dist.wrap(self.model, self.device)  # per stage: DDP registers the trainable parameters only
         total = stage.epochs * math.ceil(steps_per_epoch / self.o.grad_accum)
         warmup, kind = stage.warmup or 0.0, stage.scheduler or "cosine"
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, total, warmup, kind))
@@ -137,8 +139,8 @@ class _Trainer:
                     checkpoint.set_rng_state(self.resume_rng)  # every RNG as it was after that step
                 continue
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                loss = loss_fn(self.model, batch)
-            if not self.nonfinite.check(loss):
+                loss = loss_fn(self.net, batch)
+            if not self.nonfinite.check(loss, agree=dist.world() > 1):
                 self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
                 continue
             self.scaler.scale(loss / self.o.grad_accum).backward()
@@ -147,13 +149,18 @@ class _Trainer:
                 self._step()
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
-            if stepped and self.stop and i + 1 < len(loader):
+            if stepped and self.stopping() and i + 1 < len(loader):
                 pos.batch, pos.loss_sum, pos.loss_count = i + 1, total, count
                 self.save_last(pos)
-                raise Interrupted(self.stop.signum, self.dir, f"after batch {i + 1}/{len(loader)} of epoch "
+                raise Interrupted(_signum(self.stop), self.dir, f"after batch {i + 1}/{len(loader)} of epoch "
                                   f"{pos.epoch + 1}; the checkpoint holds that position")
         pos.batch, pos.loss_sum, pos.loss_count = 0, 0.0, 0
+        total, count = dist.mean(total, count)  # over the ranks: the epoch's loss over every sample
         return (total / count if count else float("nan")), self.opt.param_groups[-1]["lr"]
+
+    def stopping(self) -> bool:
+        """A stop signal reached this process (under DDP: any rank, so that all stop at the same step)."""
+        return dist.any_rank(bool(self.stop)) if dist.world() > 1 else bool(self.stop)
 
     def _step(self) -> None:
         if self.o.clip_grad:
@@ -179,6 +186,10 @@ class _Trainer:
     def plan_cache(self, i: int, loader) -> features.CacheSpec | None:
         """The spec when stage ``i`` trains on cached features; None (and the log says why) when it does not."""
         if self.o.cache_features == "false":
+            return None
+        if dist.world() > 1:
+            if self.trainable == self.names[-1:]:
+                tqdm.write(f"stage {i}: features not cached: {dist.world()} processes train it (DDP)")
             return None
         if self.trainable != self.names[-1:]:  # not a candidate: the frozen part is not all but the head
             return None
@@ -216,6 +227,9 @@ class _Trainer:
 
     # ----- checkpoints -------------------------------------------------------------------
     def save_last(self, pos: Position) -> None:
+        rngs = dist.gather(checkpoint.rng_state())  # every rank's RNG (its own augmentation draws), on rank 0
+        if not dist.is_main():
+            return
         checkpoint.save_state(self.dir / LAST, {
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -224,12 +238,14 @@ class _Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "position": pos.state(),
             "history": pos.history,
-            "rng": checkpoint.rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs if len(rngs) > 1 else None,
             "nonfinite": self.nonfinite.count,
         })
 
     def save_best(self) -> None:
-        checkpoint.save_weights(self.dir / BEST, self.eval_model.state_dict())
+        if dist.is_main():
+            checkpoint.save_weights(self.dir / BEST, self.eval_model.state_dict())
 
 
 def _restore(trainer: _Trainer, saved: dict) -> Position:
@@ -237,8 +253,10 @@ def _restore(trainer: _Trainer, saved: dict) -> Position:
     if trainer.ema is not None and saved["ema"] is not None:
         trainer.ema.load_state_dict(saved["ema"])
     trainer.nonfinite.count = saved["nonfinite"]
-    checkpoint.set_rng_state(saved["rng"])
-    trainer.resume_rng = saved["rng"]
+    ranks = saved.get("rng_ranks")
+    rng = ranks[dist.rank()] if ranks and len(ranks) == dist.world() else saved["rng"]
+    checkpoint.set_rng_state(rng)
+    trainer.resume_rng = rng
     return Position(**saved["position"], history=list(saved["history"]))
 
 
@@ -248,7 +266,7 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
     trainer = _Trainer(model, groups, stages, hooks, opts, run_dir, device)
     saved = checkpoint.load_state(Path(run_dir) / LAST) if resume else None
     pos = _restore(trainer, saved) if saved else Position()
-    writer = tensorboard(Path(run_dir) / "tb", purge_step=pos.epoch)
+    writer = tensorboard(Path(run_dir) / "tb", purge_step=pos.epoch) if dist.is_main() else None
     try:
         while pos.stage < len(stages):
             _run_stage(trainer, pos, saved, writer)
@@ -257,7 +275,22 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
     finally:
         if writer is not None:
             writer.close()
+    if dist.world() > 1:
+        _check_replicas(model)
     return pos
+
+
+def _check_replicas(model: nn.Module) -> None:
+    """Every rank ends with the same weights (DDP keeps them so); a checksum per rank, compared on rank 0."""
+    with torch.no_grad():
+        sums = [float(p.detach().double().sum()) for p in model.parameters()]
+    mine = torch.tensor(sums, dtype=torch.float64)
+    every = dist.gather(mine)
+    if dist.is_main():
+        differ = [r for r, t in enumerate(every) if not torch.equal(t, every[0])]
+        if differ:
+            raise RuntimeError(f"DDP replicas disagree after training: ranks {differ} differ from rank 0")
+        tqdm.write(f"{len(every)} ranks agree: {len(sums)} parameter tensors, the same checksums on every rank")
 
 
 def _run_stage(t: _Trainer, pos: Position, saved: dict | None, writer) -> None:
@@ -291,15 +324,22 @@ def _stage_epochs(t: _Trainer, pos: Position, stage: Stage, spec, cache, build_s
         if cache is not None:
             train_loss, lr, metrics = t.cached_epoch(spec, cache, loader, desc, pos)
         else:
-            train_loss, lr = t.train_epoch(loader, desc, pos)
-            metrics = t.hooks.evaluate(t.eval_model)
+            train_loss, lr = t.train_epoch(dist.shard(loader), desc, pos)
+            # rank 0 validates, every rank gets its metrics (the same best epoch and early stop everywhere)
+            metrics = dist.broadcast(t.hooks.evaluate(t.eval_model) if dist.is_main() else None)
         seconds = round(time.perf_counter() - began, 3)  # training + evaluation (after a resume: its part)
         row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, EPOCH_SECONDS: seconds, "train/loss": train_loss,
                **metrics}
         end_epoch(pos, row, t.o.selection, stage.epochs, t.dir, t.save_best, lambda: t.save_last(pos),
-                  t.hooks.on_epoch_end, writer)
-        if t.stop:  # it came during the epoch's last step or its evaluation: the epoch's checkpoint is written
-            raise Interrupted(t.stop.signum, t.dir, f"after epoch {pos.epoch}")
+                  t.hooks.on_epoch_end, writer, write=dist.is_main())
+        if t.stopping():  # it came during the epoch's last step or its evaluation: the epoch's checkpoint is written
+            raise Interrupted(_signum(t.stop), t.dir, f"after epoch {pos.epoch}")
+
+
+def _signum(stop) -> int:
+    import signal
+
+    return stop.signum if stop else int(signal.SIGTERM)  # another rank got the signal
 
 
 class _Sized:
@@ -321,9 +361,12 @@ class NonFinite:
     def __init__(self, limit: int):
         self.limit, self.count = limit, 0
 
-    def check(self, loss) -> bool:
-        """True when ``loss`` is finite (train on it); False to skip the batch; raises at the limit."""
+    def check(self, loss, agree: bool = False) -> bool:
+        """True when ``loss`` is finite (train on it); False to skip the batch; raises at the limit. ``agree``
+        (DDP): skip when any rank's loss is not finite, so every rank skips the same step."""
         value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+        if agree and dist.any_rank(not math.isfinite(value)):
+            value = math.nan
         if math.isfinite(value):
             self.count = 0
             return True

@@ -83,6 +83,10 @@ class EvalResult:
         return {f"{split}/{k}": v for k, v in self.metrics.items()}
 
 
+# One process evaluates (rank 0 under DDP): torchmetrics must not wait to gather the other ranks' states.
+ONE_PROCESS = {"sync_on_compute": False}
+
+
 class _Evaluator:
     """Shared bookkeeping: a torchmetrics collection plus a sample-weighted loss mean."""
 
@@ -139,17 +143,17 @@ class ClassificationEvaluator(_Evaluator):
         )
 
         metrics = {
-            "accuracy": MulticlassAccuracy(c, average="micro"),
-            "precision": MulticlassPrecision(c, average="macro", zero_division=0),
-            "recall": MulticlassRecall(c, average="macro", zero_division=0),
-            "f1": MulticlassF1Score(c, average="macro", zero_division=0),
-            "class_precision": MulticlassPrecision(c, average="none", zero_division=0),
-            "class_recall": MulticlassRecall(c, average="none", zero_division=0),
-            "class_f1": MulticlassF1Score(c, average="none", zero_division=0),
-            "confusion": MulticlassConfusionMatrix(c),
+            "accuracy": MulticlassAccuracy(c, average="micro", **ONE_PROCESS),
+            "precision": MulticlassPrecision(c, average="macro", zero_division=0, **ONE_PROCESS),
+            "recall": MulticlassRecall(c, average="macro", zero_division=0, **ONE_PROCESS),
+            "f1": MulticlassF1Score(c, average="macro", zero_division=0, **ONE_PROCESS),
+            "class_precision": MulticlassPrecision(c, average="none", zero_division=0, **ONE_PROCESS),
+            "class_recall": MulticlassRecall(c, average="none", zero_division=0, **ONE_PROCESS),
+            "class_f1": MulticlassF1Score(c, average="none", zero_division=0, **ONE_PROCESS),
+            "confusion": MulticlassConfusionMatrix(c, **ONE_PROCESS),
         }
         if c > TOP_K:
-            metrics["top5"] = MulticlassAccuracy(c, top_k=TOP_K, average="micro")
+            metrics["top5"] = MulticlassAccuracy(c, top_k=TOP_K, average="micro", **ONE_PROCESS)
         super().__init__(metrics, device)
 
     def update(
@@ -187,7 +191,7 @@ class RegressionEvaluator(_Evaluator):
     def __init__(self, device: str | torch.device = "cpu") -> None:
         from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
-        super().__init__({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}, device)
+        super().__init__({"mse": MeanSquaredError(**ONE_PROCESS), "mae": MeanAbsoluteError(**ONE_PROCESS)}, device)
 
     def update(
         self, pred: Tensor, target: Tensor, loss: float | Tensor | None = None, n: int | None = None
@@ -219,7 +223,7 @@ class DetectionEvaluator:
 
         self.labels = [str(label) for label in labels]
         self._map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
-                                         extended_summary=True, backend="pycocotools")
+                                         extended_summary=True, backend="pycocotools", **ONE_PROCESS)
         self._map.warn_on_many_detections = False  # low-confidence boxes (conf 0.001) are how mAP is measured
         self._n = 0
         self._loss_sum, self._loss_n = 0.0, 0
@@ -271,7 +275,7 @@ class TranscriptionEvaluator:
     def __init__(self, examples: int = 5) -> None:
         from torchmetrics.text import CharErrorRate, WordErrorRate
 
-        self._wer, self._cer = WordErrorRate(), CharErrorRate()
+        self._wer, self._cer = WordErrorRate(**ONE_PROCESS), CharErrorRate(**ONE_PROCESS)
         self._n, self._loss_sum, self._loss_n = 0, 0.0, 0
         self.samples: list[tuple[str, str]] = []  # the first few (reference, prediction) pairs, for the report
         self._keep = examples

@@ -68,7 +68,7 @@ class Selection:
 
 def end_epoch(pos: Position, row: dict, select: Selection, stage_epochs: int, run_dir: Path,
               save_best: Callable[[], None], save_last: Callable[[], None] = lambda: None,
-              callbacks: Sequence[Callable[[Position], None]] = (), writer=None) -> bool:
+              callbacks: Sequence[Callable[[Position], None]] = (), writer=None, write: bool = True) -> bool:
     """Record a finished epoch, in this order: history row and position, best checkpoint (``save_best``
     when the metric improved), early stop, ``save_last`` (resume state), history.csv, the log line, the
     callbacks. Returns True when the stage stops early (no gain for ``select.patience`` epochs)."""
@@ -80,8 +80,9 @@ def end_epoch(pos: Position, row: dict, select: Selection, stage_epochs: int, ru
     if stop:
         pos.stage_epoch = stage_epochs
     save_last()
-    report.write_history(run_dir / HISTORY, pos.history)
-    log_epoch(row, writer, stop, select)
+    if write:  # False on DDP ranks other than 0: one process writes the run directory
+        report.write_history(run_dir / HISTORY, pos.history)
+        log_epoch(row, writer, stop, select)
     for callback in callbacks:
         callback(pos)
     return stop

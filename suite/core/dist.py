@@ -1,0 +1,123 @@
+"""Several processes through torchrun (torch.distributed.run) and DDP, for the suite's own loop.
+
+`suite run --nproc N` re-launches itself under torchrun; each worker finds WORLD_SIZE/RANK/LOCAL_RANK in its
+environment, joins the process group (NCCL on GPUs, gloo on CPU), and trains a DDP replica. The global batch is
+the recipe's `train.batch_size`: every rank draws the single-process run's batches, from the same seeded loader,
+and trains on its slice (rank r takes samples r, r + N, ...), so each step averages the gradients of the same
+samples a single process would see. Rank 0 alone writes the run directory; the others train and return.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as td
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+
+def world() -> int:
+    return td.get_world_size() if td.is_available() and td.is_initialized() else 1
+
+
+def rank() -> int:
+    return td.get_rank() if td.is_available() and td.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched() -> bool:
+    """Inside a torchrun worker of a job with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> torch.device:
+    """Join the process group once (NCCL for CUDA, gloo otherwise); this rank's device."""
+    if not launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not td.is_initialized():
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def barrier() -> None:
+    if world() > 1:
+        td.barrier()
+
+
+def broadcast(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if world() == 1:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj) -> list | None:
+    """Every rank's ``obj``, on rank 0 (None elsewhere)."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world() if is_main() else None
+    td.gather_object(obj, out, dst=0)
+    return out
+
+
+def mean(total: float, count: int) -> tuple[float, int]:
+    """Sum ``total`` and ``count`` over the ranks."""
+    if world() == 1:
+        return total, count
+    t = torch.tensor([float(total), float(count)], dtype=torch.float64)
+    td.all_reduce(t)
+    return float(t[0]), int(t[1])
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on one (a stop signal that reached one rank first)."""
+    if world() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    td.all_reduce(t, op=td.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """A DDP replica for the stage's trainable parameters (frozen ones are not registered, so a stage that
+    freezes most of the model sends only the trainable gradients). ``static_graph``: the same parameters take
+    part in every step of a stage, which lets DDP skip trainable parameters a forward never uses (Wav2Vec2's
+    mask embedding when nothing is masked) without find_unused_parameters' graph walk at every step."""
+    if world() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, static_graph=True)
+
+
+class _RankSlices(Sampler):
+    def __init__(self, batches: list[list[int]], r: int, n: int):
+        self.batches = [b[r::n] for b in batches if len(b) >= n]  # a batch smaller than the world is dropped
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def shard(loader: DataLoader) -> DataLoader:
+    """This rank's part of ``loader``'s batches: the global batches the single-process run would draw (the same
+    sampler and generator), each split across the ranks."""
+    if world() == 1:
+        return loader
+    from suite.core.features import index_batches
+
+    batches = [b.tolist() for b in index_batches(loader)]
+    return DataLoader(loader.dataset, batch_sampler=_RankSlices(batches, rank(), world()),
+                      collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory)

@@ -1,0 +1,54 @@
+"""`suite run --nproc 2 --device cpu`: torchrun + DDP with gloo. Both ranks end with the same weights (the run
+checks it and says so), only rank 0 writes the run directory, and with BatchNorm frozen (a head-only stage) the
+result equals a single-process run with the same global batch to float rounding."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from suite.core.report import read_history
+from suite.runner import run
+
+RECIPE = """\
+name: ddp
+task: image-classification
+model: {{arch: resnet18, weights: none}}
+data:
+  format: synthetic:shapes
+  root: {root}
+  synthetic: {{classes: [circle, square, triangle], train_per_class: 8, val_per_class: 3, size: 32}}
+  image_size: 32
+  resize: 32
+  augment: none
+schedule: [{{epochs: 2, train: head, lr: 1.0e-2}}]
+train: {{batch_size: 8, seed: 0}}
+export: {{onnx: false}}
+"""
+
+
+def test_two_gloo_processes_train_like_one(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(root=tmp_path / "data"))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "training on cpu x 2 processes (DDP, global batch 8)" in log
+    assert "2 ranks agree: 62 parameter tensors" in log  # rank 0 compared every rank's checksums
+    assert log.count("run directory:") == 1 and not (tmp_path / "runs").exists()  # one writer, one folder
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.pt"]
+
+    single = run(recipe, [], tmp_path / "single", device="cpu")
+    plain, ddp = read_history(tmp_path / "single" / "history.csv", False), read_history(out / "history.csv", False)
+    for a, b in zip(plain, ddp, strict=True):
+        assert all(b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6) for k in a), (a, b)
+    assert single.metrics["val"]["val/accuracy"] == pytest.approx(
+        read_history(out / "history.csv")[-1]["val/accuracy"])
+    x, y = load_file(tmp_path / "single" / "checkpoints" / "best.safetensors"), load_file(out / "checkpoints" /
+                                                                                         "best.safetensors")
+    assert all(torch.allclose(x[k].float(), y[k].float(), atol=1e-5) for k in x)
