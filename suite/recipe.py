@@ -105,7 +105,9 @@ class DataCfg:
     val_split: float = 0.2  # used when the data has no val split of its own
     balance: str = "none"  # none | sampler (weighted sampler) | loss (class-weighted loss)
     augment: str = "standard"  # none | light | standard
-    num_workers: int = 0
+    # data loading processes: auto = min(8, cores) when a CUDA GPU is visible, 0 on CPU (workers only add copies
+    # there); a number sets it
+    num_workers: int | str = "auto"
     max_seconds: float | None = None  # speech: longer clips are cropped (keywords) or skipped (CTC; 30 s if unset)
     synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
 
@@ -117,8 +119,8 @@ class DataCfg:
             raise FieldError("image_size", f"must be >= 8, got {self.image_size}")
         if self.resize is not None and self.resize < (self.image_size or 8):
             raise FieldError("resize", f"must be >= image_size, got {self.resize}")
-        if self.num_workers < 0:
-            raise FieldError("num_workers", "must be >= 0")
+        if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise FieldError("num_workers", f"must be auto or a number >= 0, got {self.num_workers!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise FieldError("max_seconds", f"must be > 0, got {self.max_seconds}")
 
@@ -384,6 +386,10 @@ def _coerce(tp, value, path: list, where: _Where):
         if set(inner) == {bool, str}:  # a switch with a third word (cache_features: true | false | auto)
             if not isinstance(value, (bool, str)):
                 raise where.error(path, f"expected true, false or a word, got {value!r}")
+            return value
+        if set(inner) == {int, str}:  # a count or a word (num_workers: auto | N)
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise where.error(path, f"expected a whole number or a word, got {value!r}")
             return value
         return _stage_train(value, path, where)  # the only multi-type field
     if dataclasses.is_dataclass(tp):

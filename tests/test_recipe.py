@@ -95,3 +95,16 @@ def test_recipe_is_frozen(recipe_file):
     r = load_recipe(recipe_file)
     with pytest.raises(AttributeError):
         r.name = "other"
+
+
+def test_num_workers_is_auto_or_a_count(recipe_file):
+    import torch
+
+    from suite.core.data import loader_workers
+
+    assert load_recipe(recipe_file).data.num_workers == "auto"
+    assert load_recipe(recipe_file, ["data.num_workers=3"]).data.num_workers == 3
+    with pytest.raises(UserError, match="num_workers.*must be auto or a number >= 0"):
+        load_recipe(recipe_file, ["data.num_workers=many"])
+    assert loader_workers(3) == 3
+    assert loader_workers("auto") == (min(8, __import__("os").cpu_count()) if torch.cuda.is_available() else 0)

@@ -364,3 +364,13 @@ def skip_reason(path: str | os.PathLike, exc: BaseException) -> str:
 def scan_workers() -> int:
     """Threads for a scan: decoders (PIL, libsndfile, numpy) release the GIL."""
     return min(8, os.cpu_count() or 1)
+
+
+def loader_workers(setting: int | str) -> int:
+    """``data.num_workers``: a number as given; ``auto`` is min(8, cores) when a CUDA GPU is visible (decoding
+    keeps up with it) and 0 on CPU, where worker processes only copy batches to the cores that train on them."""
+    if setting != "auto":
+        return int(setting)
+    import torch
+
+    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0

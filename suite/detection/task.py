@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from suite.core import weights as W
+from suite.core.data import loader_workers
 from suite.core.export import ExportSpec, OnnxModel, as_bundle
 from suite.core.groups import ParamGroup
 from suite.core.loop import Hooks
@@ -131,7 +132,7 @@ class DetectionModality:
 
         def train_loader(epoch: int):
             gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
-            return frcnn.loader(data.train, tf, recipe.train.batch_size, True, recipe.data.num_workers, gen)
+            return frcnn.loader(data.train, tf, recipe.train.batch_size, True, loader_workers(recipe.data.num_workers), gen)
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             return self.evaluate(recipe, model, data, "val", device).prefixed("val")

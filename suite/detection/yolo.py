@@ -25,6 +25,7 @@ from torch import nn
 
 from suite.core import checkpoint
 from suite.core import weights as W
+from suite.core.data import loader_workers
 from suite.core.export import OnnxIO
 from suite.core.groups import ParamGroup, group_names, make_groups, make_optimizer, optimizer_groups, set_trainable
 from suite.core.loop import FitOptions, NonFinite
@@ -232,7 +233,7 @@ def stage_args(recipe, data_yaml: Path, stage: Stage, i: int, frozen: list[int],
     return dict(
         model=f"{recipe.model.arch}.yaml", data=str(data_yaml), epochs=stage.epochs, batch=t.batch_size,
         imgsz=recipe.data.image_size or 640, device="cpu" if device.type == "cpu" else str(device.index or 0),
-        workers=recipe.data.num_workers, seed=t.seed + i, deterministic=True, freeze=frozen or None,
+        workers=loader_workers(recipe.data.num_workers), seed=t.seed + i, deterministic=True, freeze=frozen or None,
         lr0=stage.lr, lrf=1.0 if (stage.scheduler or recipe.optim.scheduler) == "constant" else 0.01,
         cos_lr=(stage.scheduler or recipe.optim.scheduler) != "constant",
         warmup_epochs=warm * stage.epochs, warmup_bias_lr=0.0, close_mosaic=0, amp=t.precision not in ("fp32",),

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from suite.core import report
+from suite.core.data import loader_workers
 from suite.core.export import Axis, ExportSpec, OnnxIO, OnnxModel, as_bundle
 from suite.core.features import CacheSpec
 from suite.core.groups import ParamGroup
@@ -100,7 +101,7 @@ class SpeechModality:
             # costs time and, without an attention mask, moves a group-norm Wav2Vec2's features
             order = dict(sampler=LengthGroupedSampler(bs, lengths=lengths, generator=gen)) if len(set(lengths)) > 1 \
                 else dict(shuffle=True, generator=gen)
-            return DataLoader(ds, batch_size=bs, collate_fn=sdata.collate, num_workers=recipe.data.num_workers,
+            return DataLoader(ds, batch_size=bs, collate_fn=sdata.collate, num_workers=loader_workers(recipe.data.num_workers),
                               drop_last=n > bs and n % bs == 1, **order)
 
         def cache(model: nn.Module) -> CacheSpec:
@@ -124,7 +125,7 @@ class SpeechModality:
             # are scored one at a time, exactly as the deployed runtime runs them
             bs = 1
         return DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=sdata.collate,
-                          num_workers=recipe.data.num_workers)
+                          num_workers=loader_workers(recipe.data.num_workers))
 
     def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
         clips = getattr(data, split)

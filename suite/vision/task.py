@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from suite.core import report
+from suite.core.data import loader_workers
 from suite.core.export import ExportSpec, OnnxIO, OnnxModel
 from suite.core.features import CacheSpec
 from suite.core.groups import ParamGroup
@@ -85,6 +86,8 @@ class VisionModality:
     def hooks(self, recipe: Recipe, data, device: torch.device) -> Hooks:
         criterion = self._criterion(recipe, data).to(device)
         regression = _regression(recipe)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed image sizes: cuDNN picks its fastest kernels once
 
         def head_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             y = y.to(device, non_blocking=True)
@@ -126,7 +129,7 @@ class VisionModality:
         if recipe.data.balance == "sampler" and not _regression(recipe):
             sampler = vdata.balanced_sampler(data.train_targets, len(data.labels), generator=gen)
         return DataLoader(data.train, batch_size=bs, shuffle=sampler is None, sampler=sampler, generator=gen,
-                          num_workers=recipe.data.num_workers, drop_last=n > bs and n % bs == 1,  # a batch of 1 breaks BatchNorm
+                          num_workers=loader_workers(recipe.data.num_workers), drop_last=n > bs and n % bs == 1,  # a batch of 1 breaks BatchNorm
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
@@ -146,7 +149,7 @@ class VisionModality:
 
     def _eval_loader(self, recipe: Recipe, data, split: str) -> DataLoader:
         bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
-        return DataLoader(getattr(data, split), batch_size=bs, shuffle=False, num_workers=recipe.data.num_workers)
+        return DataLoader(getattr(data, split), batch_size=bs, shuffle=False, num_workers=loader_workers(recipe.data.num_workers))
 
     def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
         if getattr(data, split) is None:
