@@ -31,7 +31,7 @@ RUNTIMES = ("torch", "torch.compile", "onnxruntime")
 CACHE_MODES = ("auto", "true", "false")
 AUGMENT_LEVELS = ("none", "light", "standard")
 SOURCE_FORMATS = ("imagefolder", "imagenet-photos")
-SOURCE_TASKS = ("image-classification",)  # where eval.source (forgetting) is measured
+SOURCE_TASKS = ("image-classification", "speech-classification")  # where eval.source (forgetting) is measured
 CACHE_TASKS = ("image-classification", "image-regression", "speech-classification")  # one feature vector per sample
 
 

@@ -75,8 +75,8 @@ class Modality(Protocol):
 
     def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
         """Forgetting (``eval.source``): the source task's metrics with the pre-trained head, ``{"before": {...},
-        "after": {...}, "images": n, "source": root}``; None when the recipe names no source (the generic layer
-        refuses eval.source before any work for tasks outside recipe.SOURCE_TASKS)."""
+        "after": {...}, "samples": n, "classes": k, "source": root}``; None when the recipe names no source (the
+        generic layer refuses eval.source before any work for tasks outside recipe.SOURCE_TASKS)."""
 
     def default_metric(self, recipe: Recipe) -> str:
         """The metric that picks the best checkpoint when the recipe names none."""

@@ -31,6 +31,7 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
                "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.synthetic.sentences=4",
                "data.max_seconds=8"]
         out += [f"schedule.{i}.epochs=1" for i in range(len(raw["schedule"]))]
+        out += ["eval.source=null"] if raw.get("eval", {}).get("source") else []  # no pretrain run here
         return out + ["export.quantize=[]", "bench.batch_sizes=[]"]
     if raw["task"] == "detection":  # synthetic scenes at the smallest YOLO stride multiple
         out = ["model.weights=none", "data.image_size=64", "train.batch_size=2", "data.synthetic.train_per_class=2",

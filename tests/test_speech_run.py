@@ -61,7 +61,13 @@ def test_keyword_run_fine_tunes_exports_and_keeps_the_feature_encoder_frozen(tmp
     weights = tmp_path / "pre" / "checkpoints" / "best.safetensors"
     extra = "export: {onnx: true, quantize: [int8-dynamic]}\nbench: {batch_sizes: [1], warmup: 1, iters: 3}\n"
     out = tmp_path / "ft"
-    run(_recipe(tmp_path / "b.yaml", speech_root, weights=weights, extra=extra), out=out)
+    tuned = run(_recipe(tmp_path / "b.yaml", speech_root, weights=weights, extra=extra), out=out,
+                overrides=[f"eval.source={{root: {speech_root / 'val'}}}"])
+    forgot = tuned.metrics["transfer"]["forgetting"]  # the pretrain run's head on its own validation clips
+    assert forgot["samples"] == 6 and forgot["classes"] == 3
+    assert forgot["before"]["accuracy"] == pytest.approx(first.metrics["val"]["val/accuracy"])
+    assert forgot["before"]["loss"] == pytest.approx(first.metrics["val"]["val/loss"], rel=1e-4)
+    assert set(forgot["drop"]) == {"accuracy", "top5_accuracy", "loss"} and forgot["verdict"]
     before = load_file(str(weights))
     after = checkpoint.load_state(out / "checkpoints" / "last.pt")["model"]  # after every stage
     frozen = [k for k in before if k.startswith("wav2vec2.feature_extractor.")]

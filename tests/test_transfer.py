@@ -106,7 +106,7 @@ train: {{batch_size: 6}}
               "data.synthetic.classes=[star, ring]", f"eval.source={{root: {tmp_path / 'source' / 'val'}}}"]
     head_only = run(recipe, [*target, "schedule=[{epochs: 1, train: head, lr: 1.0e-2}]"], tmp_path / "head")
     kept = head_only.metrics["transfer"]["forgetting"]
-    assert kept["images"] == 9 and kept["classes"] == 3 and kept["before"] == kept["after"]
+    assert kept["samples"] == 9 and kept["classes"] == 3 and kept["before"] == kept["after"]
     assert kept["before"]["accuracy"] == pytest.approx(pre.metrics["val"]["val/accuracy"])  # the same 9 images
     assert kept["before"]["loss"] == pytest.approx(pre.metrics["val"]["val/loss"], rel=1e-5)
     assert kept["verdict"].startswith("source accuracy kept")

@@ -6,9 +6,14 @@ the result is metrics.json's ``transfer`` block and a report.md section.
 """
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from suite.core.stages import metric_mode
+from suite.errors import UserError
 
 MARGIN = 0.01  # a difference smaller than this, in the metric's own units, is "no clear difference"
 GAP_GROWTH = 0.05  # the val - train loss gap must grow by this much after the best epoch to flag overfitting
@@ -39,7 +44,7 @@ def forgetting(source: Mapping) -> dict:
     drop = {k: (float(after[k]) - float(before[k])) if k == "loss" else (float(before[k]) - float(after[k]))
             for k in before if k in after}
     acc = drop.get("accuracy", 0.0)
-    where = f"{source['images']} images of the source task's {source['classes']} classes ({source['source']})"
+    where = f"{source['samples']} samples of the source task's {source['classes']} classes ({source['source']})"
     if acc >= MARGIN:
         verdict = (f"forgetting: source accuracy fell from {before['accuracy']:.4f} to {after['accuracy']:.4f} on "
                    f"{where} (freeze more groups, lower the LR or use layer decay to keep more)")
@@ -102,3 +107,54 @@ def transfer_section(block: dict) -> str:
         rows.append("| drop | " + " | ".join(f"{f['drop'][k]:+.4f}" for k in f["before"]) + " |")
         lines += ["", *rows]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- forgetting: the source model
+
+
+@dataclass
+class SourceRun:
+    """The suite run a ``best.safetensors`` came from: its head's labels and its recipe's model and data keys."""
+
+    labels: list[str]
+    model: dict
+    data: dict
+
+
+def source_run(weights_file: str, arch: str, hint: str) -> SourceRun:
+    """The run folder two levels above ``weights_file`` (RUN/checkpoints/best.safetensors), or a UserError."""
+    import yaml
+
+    run_dir = Path(weights_file).resolve().parent.parent
+    labels_file, recipe_file = run_dir / "labels.json", run_dir / "recipe.yaml"
+    if not (labels_file.is_file() and recipe_file.is_file()):
+        raise UserError(f"eval.source: {weights_file} is not a suite run's checkpoint (no labels.json and recipe.yaml "
+                        f"in {run_dir}), so its head's classes are unknown; {hint}")
+    saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
+    model = saved.get("model") or {}
+    if model.get("arch") != arch:
+        raise UserError(f"eval.source: {weights_file} is a {model.get('arch')} run, the recipe trains {arch}")
+    return SourceRun(list(json.loads(labels_file.read_text(encoding="utf-8"))), model, saved.get("data") or {})
+
+
+def with_backbone(source, tuned, source_heads: Sequence[str], tuned_heads: Sequence[str]):
+    """A copy of the ``source`` model (its own head) with every other tensor from ``tuned``."""
+    body = {k: v for k, v in tuned.state_dict().items() if not k.startswith(tuple(tuned_heads))}
+    after = copy.deepcopy(source)
+    missing, unexpected = after.load_state_dict(body, strict=False)
+    stray = [k for k in missing if not k.startswith(tuple(source_heads))]
+    if unexpected or stray:
+        raise RuntimeError(f"the fine-tuned backbone does not fit the source model: unexpected {unexpected[:3]}, "
+                           f"missing {stray[:3]}")
+    return after
+
+
+def source_scores(logits, targets, n_classes: int) -> dict[str, float]:
+    """Top-1 and top-5 accuracy and cross-entropy of the source head over the source samples."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    acc = {k: float(multiclass_accuracy(logits, targets, num_classes=n_classes, top_k=min(k, n_classes),
+                                        average="micro")) for k in (1, 5)}
+    return {"accuracy": acc[1], "top5_accuracy": acc[5],
+            "loss": float(torch.nn.functional.cross_entropy(logits, targets))}

