@@ -66,9 +66,9 @@ def baseline_recipe(recipe: Recipe, name: str) -> Recipe:
         export=dataclasses.replace(recipe.export, onnx=False))
 
 
-def check_baselines(recipe: Recipe) -> None:
-    """Before any work: a baseline (or cached features) that does not apply to this task is an error now, not
-    after training."""
+def check_task_options(recipe: Recipe) -> None:
+    """Before any work: a baseline, forgetting (eval.source) or cached features that do not apply to this task
+    are an error now, not after training."""
     if recipe.eval.source is not None and recipe.task not in SOURCE_TASKS:
         raise UserError(f"eval.source (forgetting) is measured for {', '.join(SOURCE_TASKS)}; {recipe.task} does "
                         "not measure it yet: remove eval.source")
@@ -128,7 +128,7 @@ def fresh_run_dir(path: Path, overwrite: bool) -> Path:
 def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool = False,
                on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     start = time.perf_counter()
-    check_baselines(recipe)
+    check_task_options(recipe)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -139,12 +139,13 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
     where = mod.resolve_weights(recipe)  # missing weights: stop before any data work
-    if not main:
+    if main:
+        log(f"[{recipe.name}] weights: {where}")
+    else:
         dist.barrier()  # rank 0 generates and scans the data first; the others then find it ready
     data = mod.load_data(recipe)
     if main:
         dist.barrier()
-        log(f"[{recipe.name}] weights: {where}")
         log(f"[{recipe.name}] data: {data.report.summary()}")
         rundir.write_labels(run_dir, data.labels)
     seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from suite.recipe import Recipe, dump_recipe
 from suite.runner import log, model_and_groups, run_recipe
 from suite.tasks import load_recipe, modality_for
 
-from suite.tune_report import RECIPE_ATTR, write_report  # the user attr marking the recipe's own values
+from suite.tune_report import RECIPE_ATTR, fmt, write_report  # the user attr marking the recipe's own values
 
 
 @dataclasses.dataclass
@@ -181,7 +182,7 @@ def _recover(study, space: dict) -> None:
         if t.number in retried or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")):
             continue
         if t.state == TrialState.RUNNING:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.tell(t.number, state=TrialState.FAIL)
         attrs = {k: v for k, v in t.user_attrs.items() if k in (RECIPE_ATTR,)}
         study.enqueue_trial({k: v for k, v in t.params.items() if k in space}, user_attrs={**attrs, "retry_of": t.number})
         retried.add(t.number)
@@ -197,7 +198,7 @@ def _objective(recipe: Recipe, space: dict, metric: str, folder: Path, device):
         sub = _trial_recipe(recipe, params, trial.number)
         run_dir = folder / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
         log(f"[{recipe.name}] trial {trial.number}: {shown}")
 
         def report(pos: Position) -> None:
@@ -209,8 +210,6 @@ def _objective(recipe: Recipe, space: dict, metric: str, folder: Path, device):
                 raise optuna.TrialPruned(f"{metric}={value:.4g} at epoch {pos.epoch}: below the median")
 
         if run_dir.exists():  # a trial number is never reused; a folder left by a removed study is
-            import shutil
-
             shutil.rmtree(run_dir)
         began = time.perf_counter()
         try:
@@ -229,10 +228,6 @@ def _objective(recipe: Recipe, space: dict, metric: str, folder: Path, device):
         return float(value)
 
     return objective
-
-
-def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _write_outputs(study, recipe: Recipe, space: dict, metric: str, folder: Path) -> TuneResult:

@@ -91,11 +91,11 @@ def write_report(study, recipe: Recipe, names: list[str], metric: str, folder: P
         rows[f"recipe's own: trial {own.number}"] = _metrics(own)
     wanted = [f"val/{m}" for m in recipe.eval.metrics] or None
     params = ["| parameter | best | recipe's own |", "|---|---|---|"]
-    params += [f"| {n} | {_fmt(best.params.get(n))} | {_fmt(own.params.get(n)) if own else '–'} |" for n in names]
+    params += [f"| {n} | {fmt(best.params.get(n))} | {fmt(own.params.get(n)) if own else '–'} |" for n in names]
     ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
                     reverse=study.direction.name == "MAXIMIZE")
     top = ["| trial | " + metric + " | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    top += [f"| {t.number} | {t.value:.4f} | " + " | ".join(_fmt(t.params.get(n)) for n in names) + " |"
+    top += [f"| {t.number} | {t.value:.4f} | " + " | ".join(fmt(t.params.get(n)) for n in names) + " |"
             for t in ranked[:10]]
     sections = [("Best trial against the recipe's own values", report.comparison_table(rows, wanted)),
                 ("Parameters", "\n".join(params)),
@@ -113,7 +113,7 @@ def write_report(study, recipe: Recipe, names: list[str], metric: str, folder: P
                                sections=sections, plots=plots)
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     if v is None:
         return "–"
     return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -7,14 +7,14 @@ from pathlib import Path
 from suite import rundir
 from suite.core.loop import resolve_device
 from suite.errors import UserError
-from suite.runner import check_baselines, model_and_groups
+from suite.runner import check_task_options, model_and_groups
 from suite.tasks import load_recipe, modality_for
 
 
 def validate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> str:
     """Schema, dataset scan, and the schedule against the model's groups (random init: no weights needed)."""
     recipe = load_recipe(path, overrides)
-    check_baselines(recipe)
+    check_task_options(recipe)
     mod = modality_for(recipe.task)
     mod.resolve_weights(recipe)  # the same check (and message) as `suite run`, before any data is read
     data = mod.load_data(recipe)

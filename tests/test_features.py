@@ -10,7 +10,7 @@ from suite.core import features
 from suite.core.report import read_history
 from suite.datasets.shapes import make_shapes
 from suite.errors import UserError
-from suite.runner import check_baselines, run
+from suite.runner import check_task_options, run
 from suite.tasks import load_recipe
 
 RECIPE = """\
@@ -64,7 +64,7 @@ def test_stages_that_cannot_cache_say_why(tmp_path, shapes, capsys):
         run(_recipe(tmp_path, shapes, "light"), ["train.cache_features=true", "schedule.0.epochs=1"], tmp_path / "a")
     detection = load_recipe("recipes/quickstart/detect-shapes.yaml", ["train.cache_features=true"])
     with pytest.raises(UserError, match="cache_features: true applies to image-classification"):
-        check_baselines(detection)
+        check_task_options(detection)
 
 
 def test_randomness_inside_the_frozen_part_is_found():

@@ -87,7 +87,7 @@ def test_forgetting_scores_the_source_head_before_and_after(tmp_path):
     import pytest
 
     from suite.errors import UserError
-    from suite.runner import check_baselines, run
+    from suite.runner import check_task_options, run
     from suite.tasks import load_recipe
 
     recipe = tmp_path / "pre.yaml"
@@ -117,6 +117,6 @@ train: {{batch_size: 6}}
     assert "| source task |" in (tmp_path / "all" / "report.md").read_text()
 
     with pytest.raises(UserError, match="eval.source .* is measured for image-classification"):
-        check_baselines(load_recipe("recipes/quickstart/detect-shapes.yaml", ["eval.source={root: x}"]))
+        check_task_options(load_recipe("recipes/quickstart/detect-shapes.yaml", ["eval.source={root: x}"]))
     with pytest.raises(UserError, match="model.weights is none"):
-        check_baselines(load_recipe(recipe, ["eval.source={root: x}"]))
+        check_task_options(load_recipe(recipe, ["eval.source={root: x}"]))

@@ -129,8 +129,7 @@ class FeatureCache:
     train: torch.Tensor  # [N, ...] in dataset order (memory, or a memory-mapped file)
     targets: torch.Tensor  # [N, ...]
     val: list[tuple[torch.Tensor, torch.Tensor]]  # (features, targets) per validation batch
-    files: list[Path]
-    seconds: float = 0.0  # the time the cache took to build
+    files: list[Path]  # a memory-mapped cache's file, removed by close()
 
     def close(self) -> None:
         self.train = self.targets = None

@@ -140,7 +140,7 @@ class _Trainer:
                 continue
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 loss = loss_fn(self.net, batch)
-            if not self.nonfinite.check(loss, agree=dist.world() > 1):
+            if not self.nonfinite.check(loss):
                 self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
                 continue
             self.scaler.scale(loss / self.o.grad_accum).backward()
@@ -160,7 +160,7 @@ class _Trainer:
 
     def stopping(self) -> bool:
         """A stop signal reached this process (under DDP: any rank, so that all stop at the same step)."""
-        return dist.any_rank(bool(self.stop)) if dist.world() > 1 else bool(self.stop)
+        return dist.any_rank(bool(self.stop))
 
     def _step(self) -> None:
         if self.o.clip_grad:
@@ -193,21 +193,22 @@ class _Trainer:
             return None
         if self.trainable != self.names[-1:]:  # not a candidate: the frozen part is not all but the head
             return None
-        why = self._why_not(loader)
+        spec, why = self._cacheable(loader)
         if why is None:
-            return self.hooks.cache(self.model)
+            return spec
         if self.o.cache_features == "true":
             raise UserError(f"train.cache_features is true, but schedule stage {i} cannot train on cached "
                             f"features: {why} (train.cache_features: auto trains such a stage uncached)")
         tqdm.write(f"stage {i}: features not cached: {why}")
         return None
 
-    def _why_not(self, loader) -> str | None:
+    def _cacheable(self, loader) -> tuple[features.CacheSpec | None, str | None]:
+        """The modality's spec, and why this stage cannot use it (None: it can)."""
         if isinstance(self.hooks.cache, str):
-            return self.hooks.cache
+            return None, self.hooks.cache
         spec = self.hooks.cache(self.model)
         if spec.blocker:
-            return spec.blocker
+            return spec, spec.blocker
         self.model.train()
         freeze_batchnorm(self.groups, self.trainable)
         why = features.frozen_randomness(self.model, spec.point)
@@ -216,7 +217,7 @@ class _Trainer:
                                          collate_fn=loader.collate_fn)))
             if not features.repeatable(self.model, spec, first, self.autocast):
                 why = "two passes over one batch give different features (randomness inside the frozen part)"
-        return why
+        return spec, why
 
     def cached_epoch(self, spec: features.CacheSpec, cache: features.FeatureCache, loader, desc: str,
                      pos: Position) -> tuple[float, float, dict[str, float]]:
@@ -361,11 +362,11 @@ class NonFinite:
     def __init__(self, limit: int):
         self.limit, self.count = limit, 0
 
-    def check(self, loss, agree: bool = False) -> bool:
-        """True when ``loss`` is finite (train on it); False to skip the batch; raises at the limit. ``agree``
-        (DDP): skip when any rank's loss is not finite, so every rank skips the same step."""
+    def check(self, loss) -> bool:
+        """True when ``loss`` is finite (train on it); False to skip the batch; raises at the limit. Under DDP a
+        batch is skipped when any rank's loss is not finite, so every rank skips the same step."""
         value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-        if agree and dist.any_rank(not math.isfinite(value)):
+        if dist.any_rank(not math.isfinite(value)):
             value = math.nan
         if math.isfinite(value):
             self.count = 0

@@ -111,7 +111,7 @@ class DetectionModality:
         return yolo.groups(model) if _kind(recipe) == "yolo" else frcnn.groups(model)
 
     def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
-        return None  # forgetting is measured for image classification only (runner.check_baselines says so)
+        return None  # forgetting is measured for image and speech classification (runner.check_task_options says so)
 
     def default_metric(self, recipe: Recipe) -> str:
         return "val/map50_95"
