@@ -90,6 +90,18 @@ def test_class_absent_from_targets_and_predictions_is_left_out_of_macro() -> Non
     assert m["f1"] != pytest.approx(all_labels, abs=TOL)
 
 
+def test_top5_is_counted_apart_from_top1_after_an_all_correct_first_batch() -> None:
+    """torchmetrics' automatic compute groups merged top-5 into top-1 when the first batch was all correct."""
+    ev = ClassificationEvaluator([str(i) for i in range(10)])
+    ev.update(torch.eye(10)[:4] * 5, torch.arange(4))  # all correct: top-1 and top-5 states equal here
+    wrong = torch.zeros(4, 10)
+    wrong[:, 9], wrong[:, 0] = 5.0, 1.0  # predicted 9, the true class 0 second
+    ev.update(wrong, torch.zeros(4, dtype=torch.long))
+    m = ev.compute().metrics
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["top5"] == pytest.approx(1.0)
+
+
 def test_loss_is_sample_weighted_mean() -> None:
     ev = ClassificationEvaluator(["a", "b"])
     ev.update(torch.tensor([[1.0, 0.0]] * 3), torch.tensor([0, 0, 1]), loss=2.0)

@@ -90,13 +90,15 @@ ONE_PROCESS = {"sync_on_compute": False}
 class _Evaluator:
     """Shared bookkeeping: a torchmetrics collection plus a sample-weighted loss mean."""
 
-    def __init__(self, metrics: dict, device: str | torch.device) -> None:
+    def __init__(self, metrics: dict, device: str | torch.device, groups: list[list[str]] | bool = False) -> None:
         from torchmetrics import MetricCollection
 
         self.device = torch.device(device)
-        # compute_groups lets precision/recall/f1 (and their per-class twins) share one
-        # set of stat-score states instead of counting the same tp/fp/fn six times.
-        self._metrics = MetricCollection(metrics, compute_groups=True).to(self.device)
+        # ``groups``: metrics that truly share one set of states (precision/recall/f1 and their per-class twins
+        # count the same tp/fp/fn), named explicitly. torchmetrics' automatic grouping (compute_groups=True)
+        # merges metrics whose states happen to be equal after the first batch: top-5 accuracy then follows
+        # top-1 for the rest of the epoch whenever the first batch is all correct.
+        self._metrics = MetricCollection(metrics, compute_groups=groups).to(self.device)
         self.reset()
 
     def reset(self) -> None:
@@ -154,7 +156,8 @@ class ClassificationEvaluator(_Evaluator):
         }
         if c > TOP_K:
             metrics["top5"] = MulticlassAccuracy(c, top_k=TOP_K, average="micro", **ONE_PROCESS)
-        super().__init__(metrics, device)
+        super().__init__(metrics, device, groups=[["precision", "recall", "f1", "class_precision", "class_recall",
+                                                   "class_f1"]])
 
     def update(
         self, logits: Tensor, target: Tensor, loss: float | Tensor | None = None, n: int | None = None
