@@ -68,10 +68,18 @@ class ModelCfg:
     # speech (Wav2Vec2): the encoder's dropout (hidden, attention, activation, feature projection); None keeps
     # the weights' own (0.1 in most). 0 makes the frozen encoder a fixed function, so head-only stages can cache
     encoder_dropout: float | None = None
+    # speech (Whisper): the encoder's input window in seconds. None: Whisper's own 30 s (every clip is padded
+    # to it). Shorter: the positional table is cut to the window (clips padded or cut to it), which costs
+    # about 30/context_seconds times less compute on short clips; a multiple of 0.02 s, at most 30
+    context_seconds: float | None = None
 
     def __post_init__(self):
         if self.encoder_dropout is not None and not 0 <= self.encoder_dropout < 1:
             raise FieldError("encoder_dropout", f"must be in [0, 1), got {self.encoder_dropout}")
+        c = self.context_seconds
+        if c is not None and not (0 < c <= 30 and abs(c * 50 - round(c * 50)) < 1e-6):
+            raise FieldError("context_seconds", f"must be a multiple of 0.02 in (0, 30] (Whisper's encoder frames "
+                                                f"are 20 ms), got {c}")
 
 
 @dataclass(frozen=True)

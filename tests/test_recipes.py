@@ -19,14 +19,16 @@ def test_recipes_are_found():
             "efficientnet_b0-flowers102.yaml", "yolo11n-coco8.yaml", "fasterrcnn-pennfudan.yaml",
             "detect-shapes-pretrain.yaml", "detect-shapes.yaml", "wav2vec2-base-speechcommands.yaml",
             "wav2vec2-base-ctc-librispeech.yaml", "speech-keywords-pretrain.yaml", "speech-keywords.yaml",
-            "speech-ctc.yaml"} <= names
+            "speech-ctc.yaml", "speech-keywords-whisper.yaml"} <= names
 
 
 def tiny_overrides(path: Path, data_root: Path) -> list[str]:
     """Same model family and schedule shape; tiny data, one epoch per stage, no downloads."""
     raw = yaml.safe_load(path.read_text())
-    if raw["task"].startswith("speech"):  # a tiny Wav2Vec2 on a few espeak-ng clips
-        out = ["model.weights=none", "model.arch=wav2vec2-tiny", "train.batch_size=4", "train.grad_accum=1",
+    if raw["task"].startswith("speech"):  # a tiny Wav2Vec2 (Whisper: random-init tiny) on a few espeak-ng clips
+        whisper = raw["model"]["arch"].startswith("whisper")  # its schedule names whisper-tiny's 4 layers
+        out = ["model.weights=none", f"model.arch={'whisper-tiny' if whisper else 'wav2vec2-tiny'}",
+               "train.batch_size=4", "train.grad_accum=1",
                "data.format=synthetic:speech", f"data.root={data_root / raw['name']}", "data.synthetic.classes=[up, down]",
                "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.synthetic.sentences=4",
                "data.max_seconds=8"]

@@ -1,4 +1,5 @@
-"""Speech bundles with numpy, soundfile and soxr only (no torch): read, resample, normalise, pad, CTC-decode.
+"""Speech bundles with numpy, soundfile and soxr only (no torch): read, resample, normalise or log-mel, pad,
+CTC-decode.
 
 The contract a speech bundle keeps (written by ``suite export`` for the speech tasks):
 
@@ -14,18 +15,31 @@ The contract a speech bundle keeps (written by ``suite export`` for the speech t
   Wav2Vec2 feature encoder's receptive field, 25 ms at 16 kHz; shorter clips give no frame at all);
   ``"postprocess": {"type": "softmax"}`` for keywords, or ``{"type": "ctc_greedy", "blank": "<pad>",
   "word_delimiter": "|", "unk": "<unk>"}`` for CTC.
+- Whisper bundles (``"features": "log_mel"`` in ``preprocess``): graph exported from transformers'
+  ``WhisperForAudioClassification``. Input ``input_features`` float32 [batch, n_mels, frames], frames fixed at
+  ``window_samples // hop_length``: Whisper's log-mel spectrogram of the raw (not normalised) waveform,
+  zero-padded at the end or cut to exactly ``window_samples`` samples first, equal to
+  ``WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=sample_rate, hop_length=hop_length,
+  n_fft=n_fft)(x, padding="max_length", max_length=window_samples, truncation=True)`` (see ``log_mel``).
+  ``"preprocess": {"type": "audio", "sample_rate": 16000, "normalize": false, "features": "log_mel",
+  "window_samples": 480000}`` (Whisper's 30 s; a shortened-context model uses fewer, e.g. 16000), optional
+  ``"n_mels": 80`` (128 for large-v3), ``"n_fft": 400``, ``"hop_length": 160``; ``max_seconds`` and
+  ``min_samples`` apply as for waveforms. Output ``logits`` [batch, classes], ``"postprocess": {"type":
+  "softmax"}``. Every clip gives the same shape, so clips always share a run.
 
 How a clip becomes the model's input (``preprocess_audio``): read with soundfile (any format, rate and
 channel count it reads; integer PCM scaled to -1..1), channels averaged, resampled with soxr (``HQ``) to
 ``sample_rate``, cut to the first ``max_seconds`` when set (as ``Wav2Vec2FeatureExtractor(truncation=True)``
-keeps the start), then normalised. Resampling differs from ``torchaudio.functional.resample`` (the
-training side's) only in the filter: on band-limited signals the two agree within 2e-3 (from 8 kHz; 4e-4
-from 22.05 kHz and up) with a correlation of 0.9999993 or more; broadband noise differs more near Nyquist,
-correlation above 0.999 (tests/test_runtime_audio.py measures both). The output length is torchaudio's,
+keeps the start), then normalised, or for Whisper bundles turned into log-mel features (``log_mel``).
+Resampling differs from ``torchaudio.functional.resample`` (the training side's) only in the filter: on
+band-limited signals the two agree within 2e-3 (from 8 kHz; 4e-4 from 22.05 kHz and up) with a correlation
+of 0.9999993 or more; broadband noise differs more near Nyquist, correlation above 0.999
+(tests/test_runtime_audio.py measures both). The output length is torchaudio's,
 ``ceil(n * sample_rate / rate_in)``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, fields
@@ -36,6 +50,10 @@ import numpy as np
 EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm's
 MIN_SAMPLES = 400  # Wav2Vec2's conv stack (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) needs 400 for one frame
 MAX_CHANNELS = 64  # a 2-D "clip" with more columns than this is a channels-first array or a batch, not audio
+FEATURES = (None, "log_mel")  # None: the waveform itself; log_mel: Whisper's log-mel spectrogram
+MEL_MAX_HZ = 8000.0  # WhisperFeatureExtractor's filter bank tops out here whatever the rate (Nyquist at 16 kHz)
+LOG_MEL_FLOOR = 1e-10  # mel power clamped here before log10
+LOG_MEL_RANGE = 8.0  # log10 units kept below each clip's peak (80 dB)
 
 AudioInput = Union[str, os.PathLike, np.ndarray, tuple[np.ndarray, int]]
 
@@ -48,18 +66,52 @@ class AudioSpec:
     normalize: bool = True
     max_seconds: float | None = None
     min_samples: int = MIN_SAMPLES
+    features: str | None = None  # None: the (normalised) waveform; "log_mel": Whisper's log-mel spectrogram
+    n_mels: int = 80  # log_mel only: mel bands (128 for Whisper large-v3)
+    n_fft: int = 400  # log_mel only: STFT size, 25 ms at 16 kHz
+    hop_length: int = 160  # log_mel only: samples per frame, 10 ms at 16 kHz
+    window_samples: int | None = None  # log_mel only: every clip padded or cut to this many samples (480000: 30 s)
 
     @classmethod
     def from_dict(cls, spec: dict) -> "AudioSpec":
         known = {k: spec[k] for k in (f.name for f in fields(cls)) if k in spec}  # unknown keys are ignored
         out = cls(**known)
-        if not (isinstance(out.sample_rate, int) and out.sample_rate > 0):
+        if not _positive_int(out.sample_rate):
             raise ValueError(f"bad audio spec: sample_rate must be a positive integer (got {out.sample_rate!r})")
         if out.max_seconds is not None and not out.max_seconds > 0:
             raise ValueError(f"bad audio spec: max_seconds must be > 0 or null (got {out.max_seconds!r})")
-        if not (isinstance(out.min_samples, int) and out.min_samples >= 1):
+        if not _positive_int(out.min_samples):
             raise ValueError(f"bad audio spec: min_samples must be an integer >= 1 (got {out.min_samples!r})")
+        if out.features not in FEATURES:
+            raise ValueError(f"bad audio spec: features must be null (the waveform) or \"log_mel\" (got "
+                             f"{out.features!r}); upgrade finetune-suite-runtime if the bundle is newer")
+        if out.features is None:
+            if out.window_samples is not None:
+                raise ValueError(f"bad audio spec: window_samples ({out.window_samples!r}) applies only with "
+                                 f"features \"log_mel\"; remove it or set features")
+            return out
+        for name in ("n_mels", "hop_length"):
+            if not _positive_int(getattr(out, name)):
+                raise ValueError(f"bad audio spec: {name} must be a positive integer (got {getattr(out, name)!r})")
+        if not (_positive_int(out.n_fft) and out.n_fft % 2 == 0):
+            raise ValueError(f"bad audio spec: n_fft must be a positive even integer (got {out.n_fft!r})")
+        if not (_positive_int(out.window_samples) and out.window_samples % out.hop_length == 0):
+            raise ValueError(f"bad audio spec: features \"log_mel\" needs window_samples, a positive multiple of "
+                             f"hop_length {out.hop_length} (480000 for Whisper's 30 s at 16 kHz), got "
+                             f"{out.window_samples!r}")
+        if out.normalize:
+            raise ValueError("bad audio spec: features \"log_mel\" takes the raw waveform, so normalize must be "
+                             "false (it defaults to true); set \"normalize\": false")
         return out
+
+    @property
+    def frames(self) -> int | None:
+        """log_mel frames per clip, ``window_samples // hop_length``; None for waveform specs."""
+        return self.window_samples // self.hop_length if self.features == "log_mel" else None
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def _name(item) -> str:
@@ -156,8 +208,57 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return ((a - a.mean()) / np.sqrt(a.var() + EPS)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Whisper's mel filter bank, float64 [n_fft // 2 + 1, n_mels], read-only (it is cached).
+
+    Slaney-scale triangles from 0 to 8000 Hz (``MEL_MAX_HZ``, as ``WhisperFeatureExtractor`` sets it),
+    area-normalised: ``transformers.audio_utils.mel_filter_bank(norm="slaney", mel_scale="slaney")``.
+    """
+    def to_mel(hz):  # linear below 1 kHz, logarithmic above
+        return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) * (27.0 / np.log(6.4)),
+                        3.0 * hz / 200.0)
+
+    def to_hz(mel):
+        return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (np.maximum(mel, 15.0) - 15.0)),
+                        200.0 * mel / 3.0)
+
+    edges = to_hz(np.linspace(to_mel(0.0), to_mel(MEL_MAX_HZ), n_mels + 2))  # band i spans edges[i]..edges[i+2]
+    bins = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    slopes = edges[None, :] - bins[:, None]
+    down = -slopes[:, :-2] / np.diff(edges)[:-1]
+    up = slopes[:, 2:] / np.diff(edges)[1:]
+    bank = np.maximum(0.0, np.minimum(down, up)) * (2.0 / (edges[2:] - edges[:-2]))[None, :]
+    bank.flags.writeable = False
+    return bank
+
+
+def log_mel(x: np.ndarray, spec: AudioSpec) -> np.ndarray:
+    """A mono waveform at ``spec.sample_rate`` -> Whisper's log-mel features, float32 [n_mels, frames].
+
+    The clip is zero-padded at the end or cut to ``window_samples``; then a centred STFT (reflect padding
+    ``n_fft // 2``, periodic Hann window), power spectrum, ``mel_filters``, ``log10(max(mel, 1e-10))``, the
+    last frame dropped (frames = ``window_samples // hop_length``), values raised to at least the clip's
+    max - 8, and ``(v + 4) / 4``: ``WhisperFeatureExtractor``'s numpy path, vectorised.
+    """
+    if spec.features != "log_mel":
+        raise ValueError(f"log_mel needs an AudioSpec with features \"log_mel\" (got {spec.features!r})")
+    n, pad = spec.window_samples, spec.n_fft // 2
+    wave = np.zeros(n, dtype=np.float64)
+    wave[:min(len(x), n)] = x[:n]
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(wave, pad, mode="reflect"), spec.n_fft)
+    frames = frames[::spec.hop_length][:-1]  # Whisper drops the last frame
+    stft = np.fft.rfft(frames * np.hanning(spec.n_fft + 1)[:-1], axis=-1)  # periodic Hann window
+    power = stft.real ** 2 + stft.imag ** 2  # [frames, n_fft // 2 + 1]
+    mel = mel_filters(spec.sample_rate, spec.n_fft, spec.n_mels).T @ power.T
+    out = np.log10(np.maximum(mel, LOG_MEL_FLOOR)).astype(np.float32)
+    out = np.maximum(out, out.max() - LOG_MEL_RANGE)
+    return (out + 4.0) / 4.0
+
+
 def preprocess_audio(item: AudioInput, spec: dict | AudioSpec) -> np.ndarray:
-    """One clip -> the model's 1-D float32 input: read, mono, resample, cut to max_seconds, normalise."""
+    """One clip -> the model's input: read, mono, resample, cut to max_seconds, then normalise (a 1-D float32
+    waveform), or with ``features: log_mel`` Whisper's log-mel features (float32 [n_mels, frames])."""
     s = spec if isinstance(spec, AudioSpec) else AudioSpec.from_dict(spec)
     x = read_audio(item, s.sample_rate)
     if s.max_seconds is not None:
@@ -165,6 +266,8 @@ def preprocess_audio(item: AudioInput, spec: dict | AudioSpec) -> np.ndarray:
     if len(x) < s.min_samples:
         raise ValueError(f"{_name(item)}: the clip is {len(x) / s.sample_rate:.4f} s long; the model needs at least "
                          f"{s.min_samples / s.sample_rate:.4f} s ({s.min_samples} samples at {s.sample_rate} Hz)")
+    if s.features == "log_mel":
+        return log_mel(x, s)
     return normalize(x) if s.normalize else x
 
 

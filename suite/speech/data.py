@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -432,7 +432,8 @@ class AudioDataset(Dataset):
     """
 
     def __init__(self, clips: Sequence[Clip], data: SpeechData, task: str, train: bool, augment: str = "none",
-                 max_seconds: float | None = None, seed: int = 0) -> None:
+                 max_seconds: float | None = None, seed: int = 0,
+                 features: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         if task not in TASKS:
             raise UserError(f"unknown speech task {task!r}; use one of {', '.join(TASKS)}")
         if augment not in AUGMENTS:
@@ -441,6 +442,7 @@ class AudioDataset(Dataset):
             raise ValueError("speech-ctc needs data.vocab (load the data with task speech-ctc)")
         self.clips, self.data, self.task, self.train = list(clips), data, task, train
         self.augment, self.max_seconds, self.seed, self.epoch = augment, max_seconds, seed, 0
+        self.features = features  # e.g. Whisper's log-mel: then items hold "input_features" of the raw wave
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -470,6 +472,9 @@ class AudioDataset(Dataset):
             wave = self._crop(wave, rng if self.train else None)
             if self.train and self.augment != "none":
                 wave = self._augment(wave, rng, 1)
+        if self.features is not None:
+            return {"input_features": torch.from_numpy(np.asarray(self.features(wave), dtype=np.float32)),
+                    "labels": labels}
         return {"input_values": torch.from_numpy(normalize_wave(wave)), "labels": labels}
 
     def _crop(self, wave: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
@@ -491,7 +496,11 @@ class AudioDataset(Dataset):
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Pad a list of items: ``input_values`` [B, T] with zeros, ``attention_mask`` [B, T] (1 = sample), and
-    ``labels`` [B] (classification) or [B, L] padded with -100 (CTC; the loss ignores it, as in transformers)."""
+    ``labels`` [B] (classification) or [B, L] padded with -100 (CTC; the loss ignores it, as in transformers).
+    Items with ``input_features`` (one fixed shape, e.g. Whisper's log-mel window) are stacked instead."""
+    if "input_features" in batch[0]:
+        return {"input_features": torch.stack([item["input_features"] for item in batch]),
+                "labels": torch.tensor([int(item["labels"]) for item in batch], dtype=torch.long)}
     lengths = [len(item["input_values"]) for item in batch]
     values = torch.zeros(len(batch), max(lengths), dtype=torch.float32)
     mask = torch.zeros(len(batch), max(lengths), dtype=torch.long)

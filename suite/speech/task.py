@@ -20,7 +20,7 @@ from suite.core.metrics import ClassificationEvaluator, EvalResult, Transcriptio
 from suite.errors import UserError
 from suite.recipe import Recipe
 from suite.speech import data as sdata
-from suite.speech import wav2vec2
+from suite.speech import wav2vec2, whisper
 
 SYNTHETIC = "synthetic:speech"
 SAMPLE_RATE = 16000  # every Wav2Vec2 checkpoint's rate; clips at other rates are resampled when read
@@ -35,18 +35,42 @@ def _ctc(recipe: Recipe) -> bool:
     return recipe.task == "speech-ctc"
 
 
+def _whisper(recipe: Recipe) -> bool:
+    return whisper.is_whisper(recipe.model.arch)
+
+
+ARCHS = (*wav2vec2.SIZES, *whisper.SIZES)
+WHISPER_INPUT = "input_features"
+
+
+def _whisper_io(recipe: Recipe) -> OnnxIO:
+    """[batch, 80, frames]: the batch dynamic, the window fixed (Whisper's positions are a fixed table)."""
+    return OnnxIO(input=WHISPER_INPUT, outputs=("logits",), axes={0: Axis("batch", 1, 1024)})
+
+
+def _features(recipe: Recipe):
+    return whisper.LogMel(recipe.model.context_seconds) if _whisper(recipe) else None
+
+
 class SpeechModality:
     """Satisfies suite.tasks.Modality for speech-classification and speech-ctc."""
 
     def resolve_weights(self, recipe: Recipe) -> str:
+        if _whisper(recipe):
+            return whisper.resolve_weights(recipe.model.weights)
         return wav2vec2.resolve_weights(recipe.model.weights)
 
     def load_data(self, recipe: Recipe) -> sdata.SpeechData:
         d = recipe.data
+        if recipe.model.arch not in ARCHS:
+            raise UserError(f"model.arch '{recipe.model.arch}' is not a speech model; use one of {', '.join(ARCHS)}")
+        if _whisper(recipe) and _ctc(recipe):
+            raise UserError(f"model.arch {recipe.model.arch}: speech-ctc needs a Wav2Vec2 (a frame-level encoder "
+                            f"trained for CTC); use one of {', '.join(wav2vec2.SIZES)}, or task: speech-classification")
+        if recipe.model.context_seconds is not None and not _whisper(recipe):
+            raise UserError(f"model.context_seconds applies to Whisper encoders; {recipe.model.arch} takes clips "
+                            "of any length: remove it")
         check_metric_names(recipe.eval.metrics, "transcription" if _ctc(recipe) else "classification")
-        if not wav2vec2.is_wav2vec2(recipe.model.arch):
-            raise UserError(f"model.arch '{recipe.model.arch}' is not a speech model; use one of "
-                            f"{', '.join(wav2vec2.SIZES)}")
         fmt, root = d.format, d.root
         if fmt == SYNTHETIC:
             root = Path(root or f"data/{recipe.name}")
@@ -54,26 +78,37 @@ class SpeechModality:
             fmt, root = ("manifest", root / "sentences" / "manifest.csv") if _ctc(recipe) else ("audiofolder", root)
         if not str(root):
             raise UserError(f"data.root is empty; point it at your data: -s data.root=PATH ({fmt})")
-        return sdata.load_speech(fmt, root, recipe.task, SAMPLE_RATE, d.val_split, recipe.train.seed,
+        data = sdata.load_speech(fmt, root, recipe.task, SAMPLE_RATE, d.val_split, recipe.train.seed,
                                  d.max_seconds or 30.0)
+        if _whisper(recipe):
+            window = whisper.window_samples(recipe.model.context_seconds) / SAMPLE_RATE
+            longer = sum(c.seconds > window for c in [*data.train, *data.val, *(data.test or [])])
+            if longer:
+                data.report.notes.append(f"{longer} clips are longer than the encoder's {window:g} s window and are "
+                                         f"cut to their first {window:g} s (raise model.context_seconds to keep more)")
+        return data
 
     def build_model(self, recipe: Recipe, labels: list[str], weights: str) -> nn.Module:
         m = recipe.model
+        if _whisper(recipe):
+            return whisper.build_model(m.arch, len(labels), weights, m.context_seconds, trust=m.trust_weights,
+                                       dropout=m.encoder_dropout)
         return wav2vec2.build_model(m.arch, len(labels), weights, _ctc(recipe), pad_id=0,
                                     mask_time_prob=MASK_TIME_PROB.get(recipe.data.augment, 0.05),
                                     trust=m.trust_weights, dropout=m.encoder_dropout)
 
     def groups(self, recipe: Recipe, model: nn.Module) -> list[ParamGroup]:
-        return wav2vec2.groups(model)
+        return whisper.groups(model) if _whisper(recipe) else wav2vec2.groups(model)
 
     def trainer(self, recipe: Recipe, data):
         return None  # the suite's own loop
 
     def models(self) -> list[str]:
-        return [f"{arch}  (speech: keywords and CTC, transformers)" for arch in wav2vec2.SIZES]
+        return [f"{arch}  (speech: keywords and CTC, transformers)" for arch in wav2vec2.SIZES] + \
+            [f"{arch}  (speech: keywords and audio classes, transformers)" for arch in whisper.SIZES]
 
     def task_for(self, arch: str) -> str | None:
-        return "speech-classification" if wav2vec2.is_wav2vec2(arch) else None
+        return "speech-classification" if arch in ARCHS else None
 
     def evaluate_source(self, recipe: Recipe, model: nn.Module, device: torch.device) -> dict | None:
         """Forgetting of a keyword model pre-trained by a suite run: that run's head and labels.json score the
@@ -89,9 +124,9 @@ class SpeechModality:
             raise UserError(f"eval.source: a speech model's source head comes from a suite run's best.safetensors; "
                             f"{m.weights} carries none the suite knows the classes of")
         run = transfer.source_run(source.value, m.arch, "pretrain it with `suite run` first")
-        before = wav2vec2.build_model(m.arch, len(run.labels), source.value, ctc=False, trust=m.trust_weights,
-                                      dropout=m.encoder_dropout)
-        after = transfer.with_backbone(before, model, wav2vec2.head_prefixes(before), wav2vec2.head_prefixes(model))
+        family = whisper if _whisper(recipe) else wav2vec2
+        before = self.build_model(recipe, run.labels, source.value)
+        after = transfer.with_backbone(before, model, family.head_prefixes(before), family.head_prefixes(model))
         found = sdata.load_audiofolder(recipe.eval.source.root, SAMPLE_RATE, 0.5, recipe.train.seed,
                                        recipe.data.max_seconds or 30.0)
         unknown = sorted(set(found.labels) - set(run.labels))
@@ -126,11 +161,13 @@ class SpeechModality:
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             ds = sdata.AudioDataset(data.train, data, recipe.task, train=True, augment=recipe.data.augment,
-                                    max_seconds=recipe.data.max_seconds, seed=recipe.train.seed)
+                                    max_seconds=recipe.data.max_seconds, seed=recipe.train.seed,
+                                    features=_features(recipe))
             ds.set_epoch(epoch)
             gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
             n, bs = len(ds), recipe.train.batch_size
-            lengths = [round(c.seconds * SAMPLE_RATE) for c in data.train]
+            # Whisper: every clip becomes the same window, so there is no padding to save
+            lengths = [0] if _whisper(recipe) else [round(c.seconds * SAMPLE_RATE) for c in data.train]
             # clips of similar length batched together (transformers' group_by_length): less zero padding, which
             # costs time and, without an attention mask, moves a group-norm Wav2Vec2's features
             order = dict(sampler=LengthGroupedSampler(bs, lengths=lengths, generator=gen)) if len(set(lengths)) > 1 \
@@ -139,7 +176,10 @@ class SpeechModality:
                               drop_last=n > bs and n % bs == 1, **order)
 
         def cache(model: nn.Module) -> CacheSpec:
-            parts, why = wav2vec2.cache_spec_parts(model, _uses_mask(model))
+            if _whisper(recipe):
+                parts, why = whisper.cache_spec_parts(model), None
+            else:
+                parts, why = wav2vec2.cache_spec_parts(model, _uses_mask(model))
             point, extract, head = parts or (model, None, None)
             return CacheSpec(point=point, extract=extract, head=head, blocker=why or _cache_blocker(recipe, data),
                              loss=lambda out, y: nn.functional.cross_entropy(out.float(), y.to(device)),
@@ -152,9 +192,10 @@ class SpeechModality:
 
     def _eval_loader(self, recipe: Recipe, data, split: str) -> DataLoader:
         clips = getattr(data, split)
-        ds = sdata.AudioDataset(clips, data, recipe.task, train=False, max_seconds=recipe.data.max_seconds)
+        ds = sdata.AudioDataset(clips, data, recipe.task, train=False, max_seconds=recipe.data.max_seconds,
+                                features=_features(recipe))
         bs = recipe.train.eval_batch_size or recipe.train.batch_size
-        if _ctc(recipe) or len({round(c.seconds * SAMPLE_RATE) for c in clips}) > 1:
+        if not _whisper(recipe) and (_ctc(recipe) or len({round(c.seconds * SAMPLE_RATE) for c in clips}) > 1):
             # zero padding without a mask moves a group-norm Wav2Vec2's outputs: clips of different lengths
             # are scored one at a time, exactly as the deployed runtime runs them
             bs = 1
@@ -199,11 +240,22 @@ class SpeechModality:
 
     # ----- export ----------------------------------------------------------------------------
     def export_module(self, recipe: Recipe, model: nn.Module) -> nn.Module:
-        return wav2vec2.ExportWrapper(model)
+        return wav2vec2.ExportWrapper(model)  # Whisper's too: the first input is its features
 
     def bundle_meta(self, recipe: Recipe, data) -> dict:
         post = ({"type": "ctc_greedy", "blank": data.vocab.blank, "word_delimiter": data.vocab.delimiter,
                  "unk": data.vocab.unk} if _ctc(recipe) else {"type": "softmax"})
+        if _whisper(recipe):
+            context = recipe.model.context_seconds
+            pre = {"type": "audio", "sample_rate": SAMPLE_RATE, "normalize": False, "features": "log_mel",
+                   "n_mels": 80, "n_fft": whisper.N_FFT, "hop_length": whisper.HOP,
+                   "window_samples": whisper.window_samples(context), "max_seconds": recipe.data.max_seconds}
+            encoder = {"family": "whisper", "window_seconds": context or whisper.WINDOW_SECONDS,
+                       "positions": whisper.positions(context),
+                       "context": "shortened: the positional table is cut to the window" if context is not None
+                       and context < whisper.WINDOW_SECONDS else "Whisper's full 30 s window"}
+            return {"task": recipe.task, "labels": list(data.labels), "preprocess": pre, "postprocess": post,
+                    "encoder": encoder}
         return {"task": recipe.task, "labels": list(data.labels),
                 "preprocess": {"type": "audio", "sample_rate": SAMPLE_RATE, "normalize": True,
                                "max_seconds": recipe.data.max_seconds},
@@ -211,6 +263,16 @@ class SpeechModality:
 
     def export_spec(self, recipe: Recipe, data, model: nn.Module) -> ExportSpec:
         meta = self.bundle_meta(recipe, data)
+        if _whisper(recipe):
+            frames = meta["preprocess"]["window_samples"] // whisper.HOP
+            return ExportSpec(
+                meta=meta, example=torch.randn(2, 80, frames, generator=torch.Generator().manual_seed(0)),
+                evaluate=lambda m: runtime_metrics(m, data.val, data, meta), metric="val/accuracy",
+                module=self.export_module(recipe, model), io=_whisper_io(recipe), quantizable=("int8-dynamic",),
+                parity_batches=(1, 3), calibration=lambda n: (),
+                extra={"input": {"name": WHISPER_INPUT, "shape": ["batch", 80, frames], "dtype": "float32",
+                                 "layout": "log_mel", "sample_rate": SAMPLE_RATE},
+                       "outputs": [{"name": "logits", "shape": ["batch", len(data.labels)]}]})
         ctc = _ctc(recipe)
         out_shape = ["batch", "frames", len(data.labels)] if ctc else ["batch", len(data.labels)]
         return ExportSpec(
@@ -244,7 +306,7 @@ def _cache_blocker(recipe: Recipe, data) -> str | None:
         return f"data.augment is {recipe.data.augment} (random noise, shifts and time masking change the " \
                "features every epoch); set data.augment: none to cache"
     lengths = {round(c.seconds * SAMPLE_RATE) for c in data.train}
-    if len(lengths) > 1:
+    if len(lengths) > 1 and not _whisper(recipe):  # Whisper pads every clip to its window on its own
         return "training clips differ in length, so a clip's features depend on the padding of its batch"
     top = recipe.data.max_seconds
     if top and any(c.seconds > top for c in data.train):
@@ -259,6 +321,8 @@ def _uses_mask(model: nn.Module) -> bool:
 def _inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
     """input_values, plus the attention mask only for layer-norm feature encoders: Wav2Vec2 models with
     group norm (base) were trained on zero-padded batches without one (transformers' own advice)."""
+    if "input_features" in batch:  # Whisper
+        return {"input_features": batch["input_features"].to(device)}
     out = {"input_values": batch["input_values"].to(device)}
     if _uses_mask(model):
         out["attention_mask"] = batch["attention_mask"].to(device)
@@ -275,7 +339,12 @@ def _make_speech(s, root: Path, ctc: bool) -> None:
 def runtime_metrics(m, clips, data, meta: dict) -> dict[str, float]:
     """Accuracy, or WER/CER, of ``m`` (a torch module or an OnnxModel) through suite_runtime's own audio
     reading, resampling, normalisation and decoding: the exact path a deployed app takes."""
-    bundle = as_bundle(m, meta, ["batch", "time"], ["logits"], SPEECH_INPUT)
+    pre = meta["preprocess"]
+    if pre.get("features") == "log_mel":
+        shape = ["batch", pre["n_mels"], pre["window_samples"] // pre["hop_length"]]
+        bundle = as_bundle(m, meta, shape, ["logits"], WHISPER_INPUT)
+    else:
+        bundle = as_bundle(m, meta, ["batch", "time"], ["logits"], SPEECH_INPUT)
     preds = []
     for start in range(0, len(clips), 16):
         preds += bundle.predict([str(c.path) for c in clips[start:start + 16]])

@@ -134,14 +134,15 @@ def groups(model: nn.Module) -> list[ParamGroup]:
 
 
 class ExportWrapper(nn.Module):
-    """input_values [batch, time] -> logits ([batch, classes] or [batch, frames, vocab]), nothing else."""
+    """The model's first input -> logits, nothing else: Wav2Vec2's input_values [batch, time] -> [batch, classes]
+    or [batch, frames, vocab]; Whisper's input_features [batch, 80, frames] -> [batch, classes]."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model.eval()
 
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        return self.model(input_values).logits
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs).logits
 
 
 def random_export_model(arch: str, n_outputs: int, ctc: bool, seed: int = 0) -> nn.Module:
