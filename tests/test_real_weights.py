@@ -80,6 +80,27 @@ def test_hugging_face_id_from_the_hub_cache(hf_cache):
     assert encoder and _equal(model.state_dict(), planted, encoder)
 
 
+def test_whisper_id_from_the_hub_cache_loads_its_encoder_into_a_keyword_model(hf_cache):
+    """openai/whisper-* repositories hold a WhisperForConditionalGeneration: its encoder (model.encoder.*)
+    loads, with the position table cut to model.context_seconds."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from suite.speech import whisper
+
+    torch.manual_seed(7)
+    sizes = {k: v for k, v in whisper.SIZES["whisper-nano"].items() if k != "classifier_proj_size"}
+    source = WhisperForConditionalGeneration(WhisperConfig(**sizes, decoder_layers=1, decoder_attention_heads=2,
+                                                           decoder_ffn_dim=64, vocab_size=100, pad_token_id=1,
+                                                           bos_token_id=1, eos_token_id=1, decoder_start_token_id=2))
+    snapshot = plant_hf(hf_cache, "openai/whisper-tiny", {})
+    source.save_pretrained(snapshot)
+    model = whisper.build_model("whisper-nano", 4, "openai/whisper-tiny", context_seconds=2.0)
+    planted = {k[len("model."):]: v for k, v in source.state_dict().items() if k.startswith("model.encoder.")}
+    got = model.state_dict()
+    assert torch.equal(got["encoder.embed_positions.weight"], planted.pop("encoder.embed_positions.weight")[:100])
+    assert planted and _equal(got, planted, planted)
+
+
 def test_yolo11n_pt_from_ultralytics_weights_folder(tmp_path, monkeypatch):
     from ultralytics import YOLO
 

@@ -303,8 +303,8 @@ def _score_classes(data, scored) -> EvalResult:
 def _cache_blocker(recipe: Recipe, data) -> str | None:
     """Why this data's training clips are not a fixed function of the file (None: they are)."""
     if recipe.data.augment != "none":
-        return f"data.augment is {recipe.data.augment} (random noise, shifts and time masking change the " \
-               "features every epoch); set data.augment: none to cache"
+        return f"data.augment is {recipe.data.augment} (random noise and shifts, and Wav2Vec2's time masking, " \
+               "change the features every epoch); set data.augment: none to cache"
     lengths = {round(c.seconds * SAMPLE_RATE) for c in data.train}
     if len(lengths) > 1 and not _whisper(recipe):  # Whisper pads every clip to its window on its own
         return "training clips differ in length, so a clip's features depend on the padding of its batch"
