@@ -239,6 +239,26 @@ def make_shapes_detection(out, classes, train_images, val_images, test_images, s
     click.echo(f"detection shapes ({', '.join(names)}): {path}")
 
 
+@make.command(name="shapes-cascade")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--classes", default="circle,square,triangle,star", show_default=True,
+              help="Comma-separated shape names: the classifier's fine classes; the detector sees one class, shape.")
+@click.option("--train", "train_images", default=160, show_default=True, help="Training scenes.")
+@click.option("--val", "val_images", default=40, show_default=True)
+@click.option("--size", default=128, show_default=True)
+@click.option("--max-objects", default=3, show_default=True)
+@click.option("--margin", default=0.15, show_default=True, help="Crop margin, a fraction of the box's side.")
+@click.option("--seed", default=3, show_default=True)
+def make_shapes_cascade(out, classes, train_images, val_images, size, max_objects, margin, seed):
+    """Scenes with the fine classes (YOLO, scenes/), the detector's view with one class 'shape' (detector/), and
+    the crops of every box by fine class (crops/, an image folder): each stage of a cascade, ready to train."""
+    from suite.cascade import make_shapes_cascade as generate
+
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    paths = generate(out, names, train_images, val_images, size, max_objects, margin, seed)
+    click.echo("shapes cascade: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
+
+
 @make.command(name="speech")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--words", default=None, help="Comma-separated words (default: yes,no,up,down,left,right,on,off,stop,go "

@@ -469,6 +469,67 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return raw
 
 
+# ----- cascades: a detector feeding a classifier ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropCfg:
+    margin: float = 0.15  # each side of a box widened by this fraction of its width/height before the crop
+
+    def __post_init__(self):
+        if not 0 <= self.margin <= 2:
+            raise FieldError("margin", f"must be between 0 and 2, got {self.margin}")
+
+
+@dataclass(frozen=True)
+class CascadeRecipe:
+    """``task: cascade``: a detection dataset labelled with the FINE classes; ``classes`` maps each detector
+    class to the fine classes it covers. The detector trains on the data with every fine class replaced by its
+    detector class, the classifier on crops of the ground-truth boxes labelled with their fine class."""
+
+    name: str
+    task: str
+    data: DataCfg  # detection data (yolo | coco | synthetic:shapes) with the fine classes
+    classes: dict[str, tuple[str, ...]]  # detector class -> the fine classes it covers
+    detector: str  # a detection recipe (its data is replaced by the detector-class view) or a finished run
+    classifier: str  # an image-classification recipe (its data is replaced by the crops) or a finished run
+    crop: CropCfg = field(default_factory=CropCfg)
+    conf: float = 0.05  # detector score threshold inside the cascade (every kept box is classified)
+    iou: float = 0.7  # the detector's NMS IoU
+    compare: tuple[str, ...] = ("direct",)  # direct: the detector recipe trained on the fine classes, same budget
+    export: ExportCfg = field(default_factory=lambda: ExportCfg(onnx=True))
+    bench: BenchCfg = field(default_factory=BenchCfg)
+
+    def __post_init__(self):
+        if self.task != "cascade":
+            raise FieldError("task", f"a cascade recipe has task: cascade, got {self.task}")
+        if not self.classes:
+            raise FieldError("classes", "map each detector class to its fine classes, e.g. {shape: [circle, square]}")
+        fine = [f for group in self.classes.values() for f in group]
+        if len(set(fine)) != len(fine) or not all(self.classes.values()):
+            raise FieldError("classes", "every fine class belongs to exactly one detector class, and every "
+                                        "detector class has at least one")
+        for c in self.compare:
+            _one_of("compare", c, ("direct",))
+        if not 0 < self.conf < 1 or not 0 < self.iou <= 1:
+            raise FieldError("conf", f"conf must be in (0, 1) and iou in (0, 1], got {self.conf}, {self.iou}")
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def read_task(path: str | Path) -> str | None:
+    """The ``task`` a recipe file names (None when it names none), read before the full parse."""
+    raw = _read_raw(Path(path))
+    return str(raw.get("task")) if raw.get("task") is not None else None
+
+
+def load_cascade(path: str | Path, overrides: Sequence[str] = ()) -> CascadeRecipe:
+    path = Path(path)
+    raw = apply_overrides(_read_raw(path), overrides)
+    return _build(CascadeRecipe, raw, [], _Where(str(path), path.read_text(encoding="utf-8")))
+
+
 def parse_recipe(raw, source: str = "<recipe>", text: str | None = None, tasks: Collection[str] = ()) -> Recipe:
     """The recipe; with ``tasks`` (the registry's names), an unknown task is an error naming its line."""
     where = _Where(source, text)
@@ -482,6 +543,12 @@ def parse_recipe(raw, source: str = "<recipe>", text: str | None = None, tasks: 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), tasks: Collection[str] = ()) -> Recipe:
     path = Path(path)
+    raw = _read_raw(path)
+    return parse_recipe(apply_overrides(raw, overrides), str(path), path.read_text(encoding="utf-8"), tasks)
+
+
+def _read_raw(path: Path) -> dict:
+    """The recipe file's YAML mapping, or a UserError naming the file and what is wrong."""
     if not path.is_file():
         raise UserError(f"recipe {path} not found; `suite ls recipes` lists the bundled ones")
     size = path.stat().st_size
@@ -500,7 +567,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), tasks: Collecti
         raise UserError(f"{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a mapping of keys (name, task, model, data, schedule, ...)")
-    return parse_recipe(apply_overrides(raw, overrides), str(path), text, tasks)
+    return raw
 
 
 def dump_recipe(recipe: Recipe) -> str:

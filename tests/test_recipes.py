@@ -10,7 +10,10 @@ from suite.core.report import read_history
 from suite.recipe import load_recipe
 from suite.runner import run
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+# cascades compose two of the recipes below; tests/test_cascade.py runs the pipeline end to end on tiny stages
+CASCADES = [p for p in ALL if yaml.safe_load(p.read_text()).get("task") == "cascade"]
+RECIPES = [p for p in ALL if p not in CASCADES]
 
 
 def test_recipes_are_found():
@@ -19,7 +22,18 @@ def test_recipes_are_found():
             "efficientnet_b0-flowers102.yaml", "yolo11n-coco8.yaml", "fasterrcnn-pennfudan.yaml",
             "detect-shapes-pretrain.yaml", "detect-shapes.yaml", "wav2vec2-base-speechcommands.yaml",
             "wav2vec2-base-ctc-librispeech.yaml", "speech-keywords-pretrain.yaml", "speech-keywords.yaml",
-            "speech-ctc.yaml", "speech-keywords-whisper.yaml"} <= names
+            "speech-ctc.yaml", "speech-keywords-whisper.yaml", "cascade-detector.yaml", "cascade-classifier.yaml"} <= names
+    assert {p.name for p in CASCADES} == {"cascade-shapes.yaml"}
+
+
+@pytest.mark.parametrize("path", CASCADES, ids=[p.name for p in CASCADES])
+def test_cascade_recipes_parse_and_name_stage_recipes_of_the_right_tasks(path):
+    from suite.recipe import load_cascade
+
+    cascade = load_cascade(path)
+    root = Path(__file__).resolve().parents[1]
+    assert load_recipe(root / cascade.detector).task == "detection"
+    assert load_recipe(root / cascade.classifier).task == "image-classification"
 
 
 def tiny_overrides(path: Path, data_root: Path) -> list[str]:

@@ -25,6 +25,8 @@ from suite_runtime.preprocess import ImageInput, ImageSpec, preprocess_image
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from suite_runtime.cascade import Cascade
+
 FORMAT_VERSION = 1
 EXPORT_HINT = "run `suite export RUN_DIR` to create one"
 PREPROCESS_TYPES = {"image": ImageSpec.from_dict, "letterbox": LetterboxSpec.from_dict,
@@ -132,11 +134,17 @@ class Bundle:
         self.input_name = session.get_inputs()[0].name  # the graph's own name is the one that cannot be wrong
 
     @classmethod
-    def load(cls, path: str | os.PathLike, variant: str | None = None, threads: int | None = None) -> "Bundle":
+    def load(cls, path: str | os.PathLike, variant: str | None = None,
+             threads: int | None = None) -> "Bundle | Cascade":
+        """The bundle folder ``path``; a cascade bundle (task "cascade") gives a ``Cascade`` of two Bundles."""
         root = Path(path)
         if root.name == "model.json" and root.is_file():  # pointing at the metadata file is just as clear
             root = root.parent
         meta = read_meta(root)
+        if meta.get("task") == "cascade":
+            from suite_runtime.cascade import Cascade  # here: cascade imports this module
+
+            return Cascade.load(root, variant, threads)
         variants = meta.get("variants") or {"fp32": {"file": "model.onnx"}}
         if not isinstance(variants, dict):
             raise ValueError(f"{root / 'model.json'}: variants must map names to {{\"file\": ...}}; re-export the bundle")

@@ -1,4 +1,5 @@
-"""`suite-runtime predict BUNDLE FILES...`: tab-separated lines or JSON, one per file (per box for detection).
+"""`suite-runtime predict BUNDLE FILES...`: tab-separated lines or JSON, one per file (per box for detection and
+cascade bundles).
 
 argparse only, so the deploy package needs nothing beyond onnxruntime, numpy, Pillow, soundfile and soxr.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from suite_runtime.bundle import Bundle, Prediction
+from suite_runtime.cascade import Cascade, CascadeDetections
 from suite_runtime.detection import Detections, draw
 
 
@@ -26,9 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all CPUs)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (per file)")
-    p.add_argument("--conf", type=float, help="detection: keep boxes scoring above this (default: model.json's)")
-    p.add_argument("--iou", type=float, help="detection: NMS IoU threshold (default: model.json's)")
-    p.add_argument("--draw", metavar="DIR", help="detection: write each image with its boxes drawn to DIR/NAME.png")
+    p.add_argument("--conf", type=float, help="detection, cascade: keep boxes scoring above this (default: "
+                                              "model.json's)")
+    p.add_argument("--iou", type=float, help="detection, cascade: NMS IoU threshold (default: model.json's)")
+    p.add_argument("--draw", metavar="DIR", help="detection, cascade: write each image with its boxes drawn to "
+                                                 "DIR/NAME.png")
     return parser
 
 
@@ -53,6 +57,16 @@ def format_detections(path: str, d: Detections, as_json: bool) -> list[str]:
         return [json.dumps({"file": path, "detections": d.to_dict()})]
     return [f"{path}\t{name}\t{score:.6f}\t{','.join(f'{v:.2f}' for v in box)}"
             for name, score, box in zip(d.names, d.scores, d.boxes.tolist())]
+
+
+def format_cascade(path: str, d: CascadeDetections, as_json: bool) -> list[str]:
+    """One JSON line for the file, or one `file<TAB>label<TAB>score<TAB>x1,y1,x2,y2<TAB>detector label<TAB>detector
+    score` line per box: the fine label and combined score where detection has its label and score."""
+    if as_json:
+        return [json.dumps({"file": path, "detections": d.to_dicts()})]
+    return [f"{path}\t{name}\t{score:.6f}\t{','.join(f'{v:.2f}' for v in box)}\t{det}\t{det_score:.6f}"
+            for name, score, box, det, det_score in zip(d.names, d.scores, d.boxes.tolist(), d.det_names,
+                                                        d.det_scores)]
 
 
 def draw_targets(folder: str, files: Sequence[str]) -> list[Path]:
@@ -83,13 +97,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.draw and not bundle.is_detector:
             raise ValueError(f"--draw needs a detection bundle; {args.bundle} is task '{bundle.meta.get('task')}'")
         targets = draw_targets(args.draw, args.files) if args.draw else []  # checked before any work
-        predictions = bundle.predict(args.files, batch_size=args.batch_size, top_k=args.top_k, conf=args.conf,
-                                     iou=args.iou)
+        if isinstance(bundle, Cascade):
+            predictions = bundle.predict(args.files, conf=args.conf, iou=args.iou, batch_size=args.batch_size)
+        else:
+            predictions = bundle.predict(args.files, batch_size=args.batch_size, top_k=args.top_k, conf=args.conf,
+                                         iou=args.iou)
     except (OSError, ValueError) as e:  # user errors: missing bundle/file, unreadable image, bad option
         return _error(e)
     for path, p in zip(args.files, predictions):
-        detected = isinstance(p, Detections)
-        for line in format_detections(path, p, args.json) if detected else [format_line(path, p, args.json)]:
+        if isinstance(p, CascadeDetections):
+            lines = format_cascade(path, p, args.json)
+        elif isinstance(p, Detections):
+            lines = format_detections(path, p, args.json)
+        else:
+            lines = [format_line(path, p, args.json)]
+        for line in lines:
             print(line)
     try:
         if targets:

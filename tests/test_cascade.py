@@ -1,0 +1,123 @@
+"""`task: cascade` end to end on tiny models: the detector and crop views, both stage runs, the direct baseline,
+the bundle, PyTorch-vs-onnxruntime parity through the runtime, the latency table, and the recipe's errors."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from suite.errors import UserError
+from suite.recipe import load_cascade
+from suite.runner import run
+
+DETECTOR = """\
+name: tiny-detector
+task: detection
+model: {arch: yolo11n, weights: none}
+data: {format: synthetic:shapes, image_size: 64, augment: none}
+schedule:
+  - {epochs: 1, train: all, lr: 1.0e-3}
+train: {batch_size: 4, seed: 0}
+"""
+CLASSIFIER = """\
+name: tiny-classifier
+task: image-classification
+model: {arch: resnet18, weights: none}
+data: {format: imagefolder, image_size: 32, resize: 32, augment: none}
+schedule:
+  - {epochs: 1, train: all, lr: 1.0e-3}
+train: {batch_size: 8, seed: 0}
+"""
+CASCADE = """\
+name: tiny-cascade
+task: cascade
+data:
+  format: synthetic:shapes
+  root: {root}
+  synthetic: {{classes: [circle, square], train_per_class: 3, val_per_class: 2, size: 64, max_objects: 2, seed: 0}}
+classes: {classes}
+detector: {detector}
+classifier: {classifier}
+crop: {{margin: 0.2}}
+compare: [direct]
+bench: {{warmup: 0, iters: 2}}
+"""
+
+
+def _recipes(tmp_path, classes="{shape: [circle, square]}"):
+    (tmp_path / "det.yaml").write_text(DETECTOR)
+    (tmp_path / "cls.yaml").write_text(CLASSIFIER)
+    path = tmp_path / "cascade.yaml"
+    path.write_text(CASCADE.format(root=tmp_path / "data", classes=classes, detector=tmp_path / "det.yaml",
+                                   classifier=tmp_path / "cls.yaml"))
+    return path
+
+
+def test_cascade_trains_both_stages_exports_one_bundle_and_matches_pytorch(tmp_path):
+    from suite_runtime import Bundle
+    from suite_runtime.cascade import Cascade, crop_box
+
+    result = run(_recipes(tmp_path), out=tmp_path / "run")
+    out = result.run_dir
+    doc = json.loads((out / "metrics.json").read_text())
+    # every stage is a run of its own, on its own view of the one fine-labelled dataset
+    assert json.loads((out / "detector" / "labels.json").read_text()) == ["shape"]
+    assert json.loads((out / "classifier" / "labels.json").read_text()) == ["circle", "square"]
+    assert json.loads((out / "direct" / "labels.json").read_text()) == ["circle", "square"]
+    crops = sorted((out / "data" / "crops" / "train").rglob("*.png"))
+    assert len(crops) == doc["crops"]["train"] > 0
+    # a crop on disk is exactly what the runtime cuts from the scene at serving time
+    scene = out / "data" / "detector" / "labels" / "train"
+    assert scene.is_dir() and all(line.split()[0] == "0" for f in scene.glob("*.txt")
+                                  for line in f.read_text().splitlines())
+    first = crops[0]
+    image_name, k = first.stem.rsplit("_", 1)
+    rows = (tmp_path / "data" / "labels" / "train" / f"{image_name}.txt").read_text().splitlines()
+    with Image.open(tmp_path / "data" / "images" / "train" / f"{image_name}.png") as im:
+        w, h = im.size
+        _, cx, cy, bw, bh = map(float, rows[int(k)].split())
+        box = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+        again = np.asarray(crop_box(im.convert("RGB"), box, 0.2))
+    assert np.array_equal(np.asarray(Image.open(first)), again)
+
+    bundle = Bundle.load(out / "export")
+    assert isinstance(bundle, Cascade)
+    meta = json.loads((out / "export" / "model.json").read_text())
+    assert meta["route"] == {"shape": ["circle", "square"]} and meta["crop"]["margin"] == 0.2
+    assert (out / "export" / "detector" / "model.onnx").is_file() and (out / "export" / "classifier" / "model.onnx").is_file()
+    val = doc["val"]
+    assert {"cascade (onnxruntime)", "cascade (PyTorch)", "detector alone, detector classes",
+            "direct: the detector trained on the fine classes"} <= set(val)
+    assert abs(val["cascade (onnxruntime)"]["map50_95"] - val["cascade (PyTorch)"]["map50_95"]) <= 0.01
+    assert doc["parity"]["passed"]
+    b = doc["bench"]
+    assert b["images"] == 2 and b["total_ms_p50"] > 0 and b["detector_ms_per_image"] > 0
+    report = (out / "report.md").read_text()
+    assert "| detector |" in report and "Export parity" in report
+    dets = bundle.predict([str(next((tmp_path / "data" / "images" / "val").glob("*.png")))])
+    assert len(dets) == 1 and set(dets[0].classes.tolist()) <= {0, 1} and dets[0].labels == ["circle", "square"]
+
+
+def test_cascade_recipe_errors_name_the_problem(tmp_path):
+    with pytest.raises(UserError, match="classes.*exactly one detector class"):
+        load_cascade(_recipes(tmp_path, classes="{a: [circle], b: [circle, square]}"))
+    with pytest.raises(UserError, match="compare.*direct"):
+        load_cascade(_recipes(tmp_path), ["compare=[scratch]"])
+    with pytest.raises(UserError, match="unknown key; did you mean 'classifier'"):
+        load_cascade(_recipes(tmp_path), ["clasifier=x"])
+    with pytest.raises(UserError, match="pentagon not in the data's classes"):
+        run(_recipes(tmp_path, classes="{shape: [circle, square, pentagon]}"), out=tmp_path / "bad")
+
+
+def test_data_make_shapes_cascade_writes_every_stage_view(tmp_path, suite_cli):
+    code, out, _ = suite_cli("data", "make", "shapes-cascade", "--out", str(tmp_path / "c"), "--train", "4",
+                             "--val", "2", "--size", "64")
+    assert code == 0 and "crops" in out
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "c" / "detector" / "data.yaml").read_text())["names"] == ["shape"]
+    fine = yaml.safe_load((tmp_path / "c" / "scenes" / "data.yaml").read_text())["names"]
+    assert fine == ["circle", "square", "triangle", "star"]
+    crops = list((tmp_path / "c" / "crops" / "train").rglob("*.png"))
+    boxes = sum(len(f.read_text().splitlines()) for f in (tmp_path / "c" / "scenes" / "labels" / "train").glob("*.txt"))
+    assert crops and len(crops) == boxes and {p.parent.name for p in crops} <= set(fine)
