@@ -17,6 +17,8 @@ def bench_run_dir(target: str | Path, batch_sizes: Sequence[int] = (1, 8), threa
     target = Path(target)
     folder = rundir.bundle_dir(target)
     meta = json.loads((folder / "model.json").read_text())
+    if meta.get("task") == "cascade":
+        raise UserError(f"{folder} is a cascade bundle: `suite bench` times it per stage (suite.cascade.bench_cascade)")
     run = folder.parent
     if target.suffix == ".onnx":
         variants = {name: folder / v["file"] for name, v in meta["variants"].items() if v["file"] == target.name}

@@ -339,3 +339,40 @@ def make_shapes_cascade(out, classes: Sequence[str], train_images: int, val_imag
     return {"scenes": scenes, "detector": detector,
             "crops": Path(f"{out / 'crops'} ({counts['train']} train, {counts['val']} val)")}
 
+
+def bench_cascade(folder: Path, threads: int | None = None, warmup: int = 3, iters: int = 30) -> tuple[str, Path]:
+    """`suite bench` on a cascade: per-stage and whole-pipeline latency of the bundle (onnxruntime) on the
+    validation images of its run (``data/detector/images/val``); bench.json in the run directory."""
+    from suite.core.export import write_json
+    from suite_runtime import Bundle
+
+    run_dir = folder.parent
+    images = sorted((run_dir / "data" / "detector" / "images" / "val").glob("*"))
+    if not images:
+        raise UserError(f"{folder} is a cascade bundle without its run's validation images "
+                        f"({run_dir / 'data' / 'detector' / 'images' / 'val'}); bench a cascade run directory")
+    cascade = Bundle.load(folder, threads=threads)
+    samples = [type("S", (), {"image": p})() for p in images]
+    b = bench(cascade, samples, warmup, iters)
+    path = write_json(run_dir / "bench.json", {"task": "cascade", "threads": threads, **b})
+    table = "\n".join(["| stage | ms per image |", "|---|---:|",
+                       f"| detector | {b['detector_ms_per_image']:.2f} |",
+                       f"| classifier ({b['crops'] / max(1, b['images']):.1f} crops per image, "
+                       f"{b['classifier_ms_per_crop']:.2f} ms per crop) | {b['classifier_ms_per_image']:.2f} |",
+                       f"| whole pipeline (p50; mean {b['total_ms_mean']:.2f}) | {b['total_ms_p50']:.2f} |"])
+    return table, path
+
+
+def validate_cascade(path: str | Path, overrides: Sequence[str] = ()) -> str:
+    """`suite validate` on a cascade recipe: its schema, its two stage recipes (or runs), the data scan and the
+    class routing, without training."""
+    rc = load_cascade(path, overrides)
+    cls = _stage_recipe(rc.classifier)
+    if cls.task != "image-classification":
+        raise UserError(f"cascade classifier: {rc.classifier} is a {cls.task} recipe; give an image-classification "
+                        "recipe or run")
+    data = _fine_data(rc)
+    _check_classes(rc, data.labels)
+    return (f"cascade: {len(rc.classes)} detector class(es) -> {len(data.labels)} fine classes; data: "
+            f"{data.report.summary()}")
+

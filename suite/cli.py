@@ -1,6 +1,7 @@
 """The `suite` command. Thin: parse, call one function, print. Heavy imports happen inside commands."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,17 @@ def run(recipe, overrides, out, device, resume, overwrite, trust_weights, nproc,
     if not recipe and not resume:
         raise UserError("give a RECIPE to run, or --resume DIR")
     overrides = (*overrides, "model.trust_weights=true") if trust_weights else overrides
+    from suite.recipe import read_task
+
+    if recipe and not resume and read_task(recipe) == "cascade":  # two stage runs and the pipeline around them
+        from suite.cascade import run_cascade
+
+        if nproc > 1 or nnodes > 1:
+            raise UserError("a cascade runs its stages one after the other in one process: drop --nproc/--nnodes "
+                            "(run a stage recipe with --nproc on its own and point the cascade at its run)")
+        result = run_cascade(recipe, overrides, out, device, overwrite)
+        click.echo(f"\n{result.table}\n\nrun directory: {result.run_dir} (report.md, metrics.json, export/)")
+        return
     if (nproc > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:  # not yet inside a torchrun worker
         from suite.launch import launch
 
@@ -172,6 +184,15 @@ def bench(target, batch_sizes, threads, no_compile):
     from suite.benching import bench_run_dir
 
     sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    from suite import rundir
+
+    folder = rundir.bundle_dir(target)
+    if json.loads((folder / "model.json").read_text()).get("task") == "cascade":  # per stage, on real images
+        from suite.cascade import bench_cascade
+
+        table, path = bench_cascade(folder, threads)
+        click.echo(f"{table}\n\nwritten: {path}")
+        return
     table, png = bench_run_dir(target, sizes, threads, compile=not no_compile)
     click.echo(f"{table}\n\nchart: {png}")
 

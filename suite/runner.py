@@ -88,12 +88,6 @@ def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str 
         device: str = "auto", resume: str | Path | None = None, overwrite: bool = False,
         on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     """Train, evaluate, compare with baselines, write the run directory."""
-    from suite.recipe import read_task
-
-    if resume is None and recipe_path is not None and read_task(recipe_path) == "cascade":
-        from suite.cascade import run_cascade  # two stage runs and the pipeline around them
-
-        return run_cascade(recipe_path, overrides, out, device, overwrite)
     dev = dist.init(resolve_device(device))  # under torchrun: join the process group, this rank's device
     if resume is not None:
         run_dir = Path(resume)

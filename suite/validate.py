@@ -13,6 +13,12 @@ from suite.tasks import load_recipe, modality_for
 
 def validate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> str:
     """Schema, dataset scan, and the schedule against the model's groups (random init: no weights needed)."""
+    from suite.recipe import read_task
+
+    if read_task(path) == "cascade":
+        from suite.cascade import validate_cascade
+
+        return validate_cascade(path, overrides)
     recipe = load_recipe(path, overrides)
     check_task_options(recipe)
     mod = modality_for(recipe.task)

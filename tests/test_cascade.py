@@ -8,7 +8,7 @@ from PIL import Image
 
 from suite.errors import UserError
 from suite.recipe import load_cascade
-from suite.runner import run
+from suite.cascade import run_cascade as run
 
 DETECTOR = """\
 name: tiny-detector
@@ -53,7 +53,7 @@ def _recipes(tmp_path, classes="{shape: [circle, square]}"):
     return path
 
 
-def test_cascade_trains_both_stages_exports_one_bundle_and_matches_pytorch(tmp_path):
+def test_cascade_trains_both_stages_exports_one_bundle_and_matches_pytorch(tmp_path, suite_cli):
     from suite_runtime import Bundle
     from suite_runtime.cascade import Cascade, crop_box
 
@@ -96,6 +96,10 @@ def test_cascade_trains_both_stages_exports_one_bundle_and_matches_pytorch(tmp_p
     assert "| detector |" in report and "Export parity" in report
     dets = bundle.predict([str(next((tmp_path / "data" / "images" / "val").glob("*.png")))])
     assert len(dets) == 1 and set(dets[0].classes.tolist()) <= {0, 1} and dets[0].labels == ["circle", "square"]
+    code, printed, _ = suite_cli("bench", str(out))  # per stage, on the run's validation images
+    assert code == 0 and "| detector |" in printed and json.loads((out / "bench.json").read_text())["images"] == 30
+    code, printed, _ = suite_cli("validate", str(tmp_path / "cascade.yaml"))
+    assert code == 0 and "1 detector class(es) -> 2 fine classes" in printed
 
 
 def test_cascade_recipe_errors_name_the_problem(tmp_path):
