@@ -29,6 +29,8 @@ PROBE_TASKS = ("image-classification", "speech-classification")  # where a linea
 QUANTIZE = ("int8-dynamic", "int8-static")
 RUNTIMES = ("torch", "torch.compile", "onnxruntime")
 CACHE_MODES = ("auto", "true", "false")
+COMPILE_MODES = ("false", "true", "inductor", "aot_eager")  # true: inductor; aot_eager traces without code generation
+CHANNELS_LAST = ("auto", "true", "false")
 AUGMENT_LEVELS = ("none", "light", "standard")
 SOURCE_FORMATS = ("imagefolder", "imagenet-photos")
 SOURCE_TASKS = ("image-classification", "speech-classification")  # where eval.source (forgetting) is measured
@@ -177,12 +179,21 @@ class TrainCfg:
     # head-only stages without random augmentation train the head on the frozen part's outputs computed once:
     # auto (where valid; the log says why not), true (and a head-only stage that cannot is an error), false
     cache_features: bool | str = "auto"
+    # torch.compile the training step's model (the suite's own loop; not Ultralytics' YOLO trainer): false, true
+    # (inductor: generated kernels, compiled again for each stage) or aot_eager (traced, no code generation)
+    compile: bool | str = False
+    # channels_last memory format for convolutional image models: auto (on a CUDA GPU, where cuDNN's NHWC
+    # kernels are faster), true, false
+    channels_last: bool | str = "auto"
 
     def __post_init__(self):
         _one_of("precision", self.precision, PRECISIONS)
-        mode = str(self.cache_features).lower() if isinstance(self.cache_features, bool) else self.cache_features
-        _one_of("cache_features", mode, CACHE_MODES)
-        object.__setattr__(self, "cache_features", mode)
+        for name, modes in (("cache_features", CACHE_MODES), ("compile", COMPILE_MODES),
+                            ("channels_last", CHANNELS_LAST)):
+            value = getattr(self, name)
+            mode = str(value).lower() if isinstance(value, bool) else value
+            _one_of(name, mode, modes)
+            object.__setattr__(self, name, mode)
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_nonfinite < 1:
             raise FieldError("batch_size", "batch_size, grad_accum and max_nonfinite must be >= 1")
         if self.clip_grad is not None and not self.clip_grad > 0:

@@ -41,7 +41,7 @@ def fit_options(recipe: Recipe, default_metric: str) -> FitOptions:
         grad_accum=t.grad_accum, clip_grad=t.clip_grad, seed=t.seed,
         select_metric=t.early_stop.metric if t.early_stop else default_metric,
         early_stop_patience=t.early_stop.patience if t.early_stop else None,
-        ema=t.ema, max_nonfinite=t.max_nonfinite, cache_features=t.cache_features)
+        ema=t.ema, max_nonfinite=t.max_nonfinite, cache_features=t.cache_features, compile=t.compile)
 
 
 def baseline_recipe(recipe: Recipe, name: str) -> Recipe:

@@ -220,3 +220,11 @@ def test_sigterm_stops_yolo_at_the_end_of_its_epoch_and_resume_continues_the_sta
     rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and [r.split(",")[:2] for r in rows[1:]] == [["1", "0"], ["2", "0"]]
     assert resumed.metrics["val"]["val/map50_95"] >= 0
+
+
+def test_train_compile_is_refused_for_ultralytics_trainer(recipe_file):
+    from suite.errors import UserError
+
+    recipe = load_recipe(recipe_file, ["train.compile=true"])
+    with pytest.raises(UserError, match="train.compile applies to the suite's own training loop"):
+        DetectionModality().trainer(recipe, None)

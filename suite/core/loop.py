@@ -60,6 +60,7 @@ class FitOptions:
     ema: float | None = None
     max_nonfinite: int = 10
     cache_features: str = "auto"  # head-only stages train on the frozen part's cached outputs: auto|true|false
+    compile: str = "false"  # torch.compile the training step's model per stage: false | true (inductor) | a backend
 
     @property
     def selection(self) -> Selection:
@@ -76,6 +77,8 @@ class Hooks:
     on_epoch_end: Sequence[Callable[[Position], None]] = ()
     # model -> what cached feature extraction needs (suite.core.features); a string: why it does not apply
     cache: Callable[[nn.Module], features.CacheSpec] | str = "this task does not cache features"
+    # the model before training, in place (e.g. channels_last for a CNN on a GPU); None: as it is
+    prepare: Callable[[nn.Module], None] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -115,6 +118,8 @@ class _Trainer:
         stage = self.stages[i]
         self.trainable, self.opt = stage_optimizer(self.groups, stage, self.o, f"schedule stage {i}")
         self.net = dist.wrap(self.model, self.device)  # per stage: DDP registers the trainable parameters only
+        if self.o.compile != "false":  # per stage too: the trainable set is part of what is traced
+            self.net = torch.compile(self.net, backend="inductor" if self.o.compile == "true" else self.o.compile)
         total = stage.epochs * math.ceil(steps_per_epoch / self.o.grad_accum)
         warmup, kind = stage.warmup or 0.0, stage.scheduler or "cosine"
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, total, warmup, kind))
@@ -264,6 +269,8 @@ def _restore(trainer: _Trainer, saved: dict) -> Position:
 def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage], hooks: Hooks,
         opts: FitOptions, run_dir: str | Path, device: torch.device, resume: bool = False) -> Position:
     """Run every stage in order; ``resume`` continues from ``run_dir/checkpoints/last.pt``."""
+    if hooks.prepare is not None:
+        hooks.prepare(model)
     trainer = _Trainer(model, groups, stages, hooks, opts, run_dir, device)
     saved = checkpoint.load_state(Path(run_dir) / LAST) if resume else None
     pos = _restore(trainer, saved) if saved else Position()

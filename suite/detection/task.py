@@ -118,6 +118,9 @@ class DetectionModality:
 
     def trainer(self, recipe: Recipe, data):
         """YOLO: Ultralytics' trainer runs every stage. Faster R-CNN: None, our loop runs."""
+        if _kind(recipe) == "yolo" and recipe.train.compile != "false":
+            raise UserError("train.compile applies to the suite's own training loop; YOLO trains in Ultralytics' "
+                            "trainer: set train.compile: false")
         return functools.partial(yolo.train, recipe, staged_yaml(data)) if _kind(recipe) == "yolo" else None
 
     def models(self) -> list[str]:

@@ -93,8 +93,18 @@ class VisionModality:
             y = y.to(device, non_blocking=True)
             return criterion(out.squeeze(-1).float(), y.float()) if regression else criterion(out.float(), y)
 
+        layout = {"format": torch.contiguous_format}
+
+        def prepare(model: nn.Module) -> None:
+            if _channels_last(recipe, device, model):
+                model.to(memory_format=torch.channels_last)
+                layout["format"] = torch.channels_last
+                tqdm.write(f"[{recipe.name}] channels_last memory format (train.channels_last: "
+                           f"{recipe.train.channels_last})")
+
         def loss(model: nn.Module, batch) -> torch.Tensor:
-            return head_loss(model(batch[0].to(device, non_blocking=True)), batch[1])
+            x = batch[0].to(device, non_blocking=True, memory_format=layout["format"])
+            return head_loss(model(x), batch[1])
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             return self.evaluate(recipe, model, data, "val", device).prefixed("val")
@@ -111,7 +121,7 @@ class VisionModality:
                              blocker=blocker)
 
         return Hooks(loss=loss, evaluate=evaluate, train_loader=lambda epoch: self._train_loader(recipe, data, epoch),
-                     cache=cache)
+                     cache=cache, prepare=prepare)
 
     def _criterion(self, recipe: Recipe, data) -> nn.Module:
         if _regression(recipe):
@@ -231,3 +241,15 @@ def _make_shapes(d, root: Path) -> None:
     s = d.synthetic
     make_shapes(root, s.classes, s.train_per_class, s.val_per_class, s.test_per_class, size=s.size, seed=s.seed,
                 progress=True)
+
+
+def _channels_last(recipe: Recipe, device: torch.device, model: nn.Module) -> bool:
+    """train.channels_last: true, false, or auto = a convolutional network (more than a patch embedding) on a CUDA
+    GPU, where cuDNN's NHWC kernels are the fast ones; on a CPU the default layout stays (measured:
+    benchmarks/bench_fastpath.py)."""
+    mode = recipe.train.channels_last
+    if mode != "auto":
+        return mode == "true"
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return device.type == "cuda" and convs > 2
+
