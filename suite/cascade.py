@@ -87,26 +87,45 @@ def _coarse(data, to_coarse: dict[int, int], names: list[str]):
 def write_crops(data, out: Path, margin: float) -> dict[str, int]:
     """Ground-truth boxes cut with ``crop_box`` into ``out/{train,val}/{fine class}/{image}_{k}.png``; returns
     the crop count per split. Boxes under 2 px either way are left out."""
-    from PIL import Image
+    from suite.detection.data import _unique_names
     from suite_runtime.cascade import crop_box
+    from suite_runtime.preprocess import as_pil, to_rgb
 
     if out.exists():
         shutil.rmtree(out)
     counts = {}
     for split in ("train", "val"):
         n = 0
-        for sample in getattr(data, split):
-            with Image.open(sample.image) as im:
-                image = im.convert("RGB")
+        samples = getattr(data, split) or []
+        names = _unique_names(samples, [s.image for s in samples])  # two folders may both hold 0001.jpg
+        for sample, name in zip(samples, names):
+            image = to_rgb(as_pil(str(sample.image)))  # upright (EXIF) and on white, as the runtime loads it
             for k, (box, label) in enumerate(zip(sample.boxes, sample.labels)):
                 if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                     continue
                 folder = out / split / data.labels[int(label)]
                 folder.mkdir(parents=True, exist_ok=True)
-                crop_box(image, box, margin).save(folder / f"{Path(sample.image).stem}_{k}.png")
+                crop_box(image, box, margin).save(folder / f"{Path(name).stem}_{k}.png")
                 n += 1
         counts[split] = n
     return counts
+
+
+def _check_crops(crops: Path, labels: Sequence[str]) -> None:
+    """Every fine class has training and validation crops, or a one-line error before any stage trains."""
+    for split in ("train", "val"):
+        empty = [c for c in labels if not any((crops / split / c).glob("*.png"))]
+        if empty:
+            raise UserError(f"cascade: no {split} crops of class(es) {', '.join(empty)} (no boxes of 2 px or more in "
+                            f"the {split} split): add {split} boxes of them, or remove them from the data and `classes:`")
+
+
+def _check_stages(rc: CascadeRecipe) -> None:
+    for source, what, task in ((rc.detector, "detector", "detection"),
+                               (rc.classifier, "classifier", "image-classification")):
+        found = _stage_recipe(source).task
+        if found != task:
+            raise UserError(f"cascade {what}: {source} is a {found} recipe or run; give a {task} recipe or run")
 
 
 def _train_stage(source: str, overrides: list[str], out: Path, device: str, what: str):
@@ -167,6 +186,8 @@ def _copy_bundle(src: Path, dst: Path) -> None:
     meta["variants"] = {"fp32": fp32}
     meta.pop("default_variant", None)
     shutil.copy2(src / fp32["file"], dst / fp32["file"])
+    with open(dst / fp32["file"], "rb") as f:
+        os.fsync(f.fileno())
     atomic_write_text(dst / "model.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -182,9 +203,14 @@ def write_bundle(out: Path, rc: CascadeRecipe, labels: list[str], det_dir: Path,
     _copy_bundle(det_dir, tmp / "detector")
     _copy_bundle(cls_dir, tmp / "classifier")
     atomic_write_text(tmp / "model.json", json.dumps(meta, indent=2) + "\n")
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if out.exists():
-        shutil.rmtree(out)
+        os.replace(out, old)  # the previous bundle stays whole until the new one is in place
     os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
     return meta
 
 
@@ -228,6 +254,7 @@ def run_cascade(recipe_path: str | Path, overrides: Sequence[str] = (), out: str
     run_dir = fresh_run_dir(Path(out), overwrite) if out else next_free(Path("runs") / rc.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(rc))
+    _check_stages(rc)
     data = _fine_data(rc)
     log(f"[{rc.name}] data: {data.report.summary()}")
     coarse_names = list(rc.classes)
@@ -240,6 +267,7 @@ def run_cascade(recipe_path: str | Path, overrides: Sequence[str] = (), out: str
     det_yaml = write_yolo(coarse, views / "detector")
     crops = write_crops(data, views / "crops", rc.crop.margin)
     log(f"[{rc.name}] crops of the ground-truth boxes: {crops['train']} train, {crops['val']} val -> {views / 'crops'}")
+    _check_crops(views / "crops", data.labels)
     det_run = _train_stage(rc.detector, ["data.format=yolo", f"data.root={det_yaml}", "eval.compare=[]",
                                          "export.onnx=true", "bench.batch_sizes=[]"],
                            run_dir / "detector", device, "detector")
@@ -255,17 +283,22 @@ def run_cascade(recipe_path: str | Path, overrides: Sequence[str] = (), out: str
     cls_bundle_dir, cls_meta, cls_torch = _runtime_parts(cls_run)
     meta = write_bundle(run_dir / rundir.EXPORT, rc, data.labels, det_bundle_dir, cls_bundle_dir)
     samples = data.val
-    onnx = Bundle.load(run_dir / rundir.EXPORT)
+    try:
+        onnx = Bundle.load(run_dir / rundir.EXPORT)
+        torch_cascade = Cascade(det_torch, cls_torch, meta, run_dir / rundir.EXPORT)
+    except ValueError as e:  # e.g. a finished classifier run without every routed fine class
+        raise UserError(f"cascade bundle: {e}") from None
     scored = {"cascade (onnxruntime)": cascade_map(onnx, samples, data.labels)}
-    scored["cascade (PyTorch)"] = cascade_map(Cascade(det_torch, cls_torch, meta, run_dir / rundir.EXPORT),
-                                              samples, data.labels)
+    scored["cascade (PyTorch)"] = cascade_map(torch_cascade, samples, data.labels)
     coarse_val = _coarse(data, to_coarse, coarse_names).val
     scored["detector alone, detector classes"] = detector_map(onnx.detector, coarse_val, coarse_names, rc.conf, rc.iou)
     cls_metrics = json.loads((cls_run / "metrics.json").read_text())["val"]
     baselines = {}
     if "direct" in rc.compare:
         direct_yaml = write_yolo(data, views / "direct")
-        direct_run = _train_stage(rc.detector, ["data.format=yolo", f"data.root={direct_yaml}", "eval.compare=[]",
+        # the detector's recipe, also when `detector:` is a finished run (its recipe.yaml): never that run itself
+        recipe = str(Path(rc.detector) / rundir.RECIPE) if _is_run(rc.detector) else rc.detector
+        direct_run = _train_stage(recipe, ["data.format=yolo", f"data.root={direct_yaml}", "eval.compare=[]",
                                                 "export.onnx=false", "bench.batch_sizes=[]"],
                                   run_dir / "direct", device, "direct (the detector on the fine classes)")
         from suite.core.export import as_bundle

@@ -50,6 +50,9 @@ def run(recipe, overrides, out, device, resume, overwrite, trust_weights, nproc,
     if recipe and not resume and read_task(recipe) == "cascade":  # two stage runs and the pipeline around them
         from suite.cascade import run_cascade
 
+        if trust_weights:
+            raise UserError("--trust-weights applies to one model's weights; a cascade's stages are recipes of their "
+                            "own: set model.trust_weights in the stage recipe that needs it")
         if nproc > 1 or nnodes > 1:
             raise UserError("a cascade runs its stages one after the other in one process: drop --nproc/--nnodes "
                             "(run a stage recipe with --nproc on its own and point the cascade at its run)")
@@ -154,10 +157,19 @@ def export(run_dir, quantize, opset):
 def predict(bundle, inputs, variant, top_k, conf):
     """Predict INPUTS with an exported BUNDLE or a run directory's bundle (the torch-free suite_runtime's code)."""
     from suite.rundir import bundle_dir
-    from suite_runtime import Bundle
-    from suite_runtime.cli import format_detections
+    from suite_runtime import Bundle, Cascade
+    from suite_runtime.cli import format_cascade, format_detections
 
     b = Bundle.load(bundle_dir(bundle), variant=variant)
+    if isinstance(b, Cascade):  # boxes with fine labels: detector score x classifier probability
+        try:
+            predictions = b.predict(list(inputs), conf=conf)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        for path, p in zip(inputs, predictions):
+            for line in format_cascade(path, p, as_json=False) or [f"{path}\t(no detections)"]:
+                click.echo(line)
+        return
     try:
         predictions = b.predict(list(inputs), top_k=top_k, **({"conf": conf} if b.is_detector else {}))
     except ValueError as e:

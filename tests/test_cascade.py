@@ -100,6 +100,18 @@ def test_cascade_trains_both_stages_exports_one_bundle_and_matches_pytorch(tmp_p
     assert code == 0 and "| detector |" in printed and json.loads((out / "bench.json").read_text())["images"] == 30
     code, printed, _ = suite_cli("validate", str(tmp_path / "cascade.yaml"))
     assert code == 0 and "1 detector class(es) -> 2 fine classes" in printed
+    code, printed, _ = suite_cli("predict", str(out), str(next((tmp_path / "data" / "images" / "val").glob("*.png"))),
+                                 "--conf", "0.001")
+    assert code == 0 and printed.strip()
+
+    # finished stage runs plug in as they are; `direct` still trains the detector's recipe on the fine classes
+    again = _recipes(tmp_path).read_text().replace(str(tmp_path / "det.yaml"), str(out / "detector")) \
+        .replace(str(tmp_path / "cls.yaml"), str(out / "classifier"))
+    (tmp_path / "again.yaml").write_text(again)
+    second = run(tmp_path / "again.yaml", out=tmp_path / "run2")
+    assert not (tmp_path / "run2" / "detector").exists() and not (tmp_path / "run2" / "classifier").exists()
+    assert json.loads((tmp_path / "run2" / "direct" / "labels.json").read_text()) == ["circle", "square"]
+    assert second.metrics["val"]["cascade (onnxruntime)"] == doc["val"]["cascade (onnxruntime)"]
 
 
 def test_cascade_recipe_errors_name_the_problem(tmp_path):
@@ -125,3 +137,37 @@ def test_data_make_shapes_cascade_writes_every_stage_view(tmp_path, suite_cli):
     crops = list((tmp_path / "c" / "crops" / "train").rglob("*.png"))
     boxes = sum(len(f.read_text().splitlines()) for f in (tmp_path / "c" / "scenes" / "labels" / "train").glob("*.txt"))
     assert crops and len(crops) == boxes and {p.parent.name for p in crops} <= set(fine)
+
+
+def test_crops_are_cut_from_the_upright_image_under_unique_names(tmp_path):
+    """An EXIF-rotated photo is cropped as the runtime sees it (upright); two images named 0001 keep both crops."""
+    from dataclasses import dataclass
+
+    from suite.cascade import write_crops
+    from suite_runtime.cascade import crop_box
+    from suite_runtime.preprocess import load_image
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = (255, 0, 0)
+    pixels[:, 30:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    for folder in ("cam1", "cam2"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(pixels).save(tmp_path / folder / "0001.jpg", exif=exif, quality=100)
+
+    @dataclass
+    class Sample:
+        image: object
+        boxes: np.ndarray
+        labels: np.ndarray
+
+    box = np.array([[5, 5, 35, 25]], np.float32)  # in the upright (40 wide, 60 high) image
+    samples = [Sample(tmp_path / f / "0001.jpg", box, np.array([0])) for f in ("cam1", "cam2")]
+    data = type("D", (), {"labels": ["thing"], "train": samples, "val": samples[:1]})()
+    counts = write_crops(data, tmp_path / "crops", 0.0)
+    files = sorted((tmp_path / "crops" / "train" / "thing").glob("*.png"))
+    assert counts == {"train": 2, "val": 1} and len(files) == 2
+    upright = crop_box(load_image(samples[0].image).convert("RGB"), box[0], 0.0)
+    assert np.array_equal(np.asarray(Image.open(files[0])), np.asarray(upright))
+

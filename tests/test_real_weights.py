@@ -99,6 +99,8 @@ def test_whisper_id_from_the_hub_cache_loads_its_encoder_into_a_keyword_model(hf
     got = model.state_dict()
     assert torch.equal(got["encoder.embed_positions.weight"], planted.pop("encoder.embed_positions.weight")[:100])
     assert planted and _equal(got, planted, planted)
+    with pytest.raises(UserError, match="not whisper-tiny's: set model.arch: whisper-nano"):
+        whisper.build_model("whisper-tiny", 4, "openai/whisper-tiny")
 
 
 def test_yolo11n_pt_from_ultralytics_weights_folder(tmp_path, monkeypatch):

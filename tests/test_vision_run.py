@@ -161,16 +161,21 @@ def test_a_benchmark_or_plot_that_fails_never_fails_the_finished_run(tmp_path, s
     assert result.metrics["val"]["val/accuracy"] >= 0
 
 
-def test_compile_and_channels_last_train_like_the_default_and_save_plain_weights(tmp_path, shapes):
+def test_compile_and_channels_last_train_like_the_default_and_save_plain_weights(tmp_path, shapes, capsys):
     """train.compile (aot_eager: traced by dynamo and AOTAutograd, no code generation, so it stays fast here) and
     train.channels_last change how the step runs, not what it computes; checkpoints keep the plain names."""
+    from torch._dynamo.utils import counters
+
     extra = "train: {seed: 0, cache_features: false, compile: %s, channels_last: %s}\n"
     plain = run(write_recipe(tmp_path / "a.yaml", shapes, extra=extra % ("false", "false")), TINY, tmp_path / "a")
+    assert "channels_last memory format" not in capsys.readouterr().out
+    graphs = counters["stats"]["unique_graphs"]
     fast = run(write_recipe(tmp_path / "b.yaml", shapes, extra=extra % ("aot_eager", "true")), TINY, tmp_path / "b")
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo traced the training step
+    assert "channels_last memory format" in capsys.readouterr().out
     a, b = read_history(tmp_path / "a" / "history.csv"), read_history(tmp_path / "b" / "history.csv")
     # channels_last picks other convolution kernels: float rounding differs and compounds over the epochs
     assert [r["train/loss"] for r in b] == pytest.approx([r["train/loss"] for r in a], rel=5e-3)
     assert fast.metrics["val"]["val/accuracy"] == pytest.approx(plain.metrics["val"]["val/accuracy"], abs=0.13)
     saved = load_file(tmp_path / "b" / "checkpoints" / "best.safetensors")
     assert "layer4.1.bn2.running_var" in saved and not any("_orig_mod" in k for k in saved)
-    assert saved["conv1.weight"].is_contiguous()  # written in the standard layout, loadable anywhere

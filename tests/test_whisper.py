@@ -118,13 +118,15 @@ def test_whisper_refuses_ctc_and_context_seconds_is_whisper_only(tmp_path):
         load_recipe(_recipe(tmp_path, context=", context_seconds: 0.015"))
 
 
-def test_whisper_run_caches_the_head_exactly_exports_and_the_runtime_matches(tmp_path):
+def test_whisper_run_caches_the_head_exactly_exports_and_the_runtime_matches(tmp_path, capsys):
     from suite_runtime import Bundle
     from suite_runtime.audio import AudioSpec, log_mel
 
     more = "  - {epochs: 1, train: [encoder.1, head], lr: 1.0e-3}\n"
     cached = run(_recipe(tmp_path, "a.yaml", more=more, onnx="true"), out=tmp_path / "cached")
+    assert "stage 0: head trained on cached features" in capsys.readouterr().out
     plain = run(_recipe(tmp_path, "b.yaml", more=more, cache="false"), out=tmp_path / "plain")
+    assert "cached features" not in capsys.readouterr().out
     a, b = read_history(tmp_path / "cached" / "history.csv"), read_history(tmp_path / "plain" / "history.csv")
     assert [round(r["val/loss"], 5) for r in a] == [round(r["val/loss"], 5) for r in b]
     assert cached.metrics["val"]["val/accuracy"] == plain.metrics["val"]["val/accuracy"]
@@ -145,3 +147,16 @@ def test_whisper_run_caches_the_head_exactly_exports_and_the_runtime_matches(tmp
     preds = bundle.predict([str(w) for w in wavs], top_k=3)
     got = np.array([[p.scores[label] for label in bundle.labels] for p in preds])
     assert np.abs(got - ref).max() < 1e-4
+
+
+def test_run_weights_load_into_a_shorter_window_and_a_longer_one_is_a_clear_error(tmp_path):
+    from suite.core.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    source = whisper.build_model("whisper-nano", 3, "none", context_seconds=1.0)
+    save_weights(tmp_path / "best.safetensors", source.state_dict())
+    shorter = whisper.build_model("whisper-nano", 3, str(tmp_path / "best.safetensors"), context_seconds=0.5)
+    assert torch.equal(shorter.encoder.embed_positions.weight, source.encoder.embed_positions.weight[:25])
+    assert torch.equal(shorter.encoder.layers[1].fc1.weight, source.encoder.layers[1].fc1.weight)
+    with pytest.raises(UserError, match=r"trained with a 1 s window; model.context_seconds 2 needs more positions"):
+        whisper.build_model("whisper-nano", 3, str(tmp_path / "best.safetensors"), context_seconds=2.0)

@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all CPUs)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (per file)")
-    p.add_argument("--conf", type=float, help="detection, cascade: keep boxes scoring above this (default: "
-                                              "model.json's)")
+    p.add_argument("--conf", type=float, help="detection: keep boxes scoring above this; cascade: the detector's "
+                                              "score threshold (the printed score is detector x classifier) "
+                                              "(default: model.json's)")
     p.add_argument("--iou", type=float, help="detection, cascade: NMS IoU threshold (default: model.json's)")
     p.add_argument("--draw", metavar="DIR", help="detection, cascade: write each image with its boxes drawn to "
                                                  "DIR/NAME.png")

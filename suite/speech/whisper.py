@@ -1,7 +1,8 @@
 """Whisper encoders through transformers: keyword spotting and audio classes (WhisperForAudioClassification).
 
-Inputs are Whisper's log-mel features (transformers' ``WhisperFeatureExtractor``, numpy path; the runtime
-computes the same in numpy). Whisper's encoder takes a fixed 30 s window (3000 mel frames, 1500 positions);
+Inputs are Whisper's log-mel features (transformers' ``WhisperFeatureExtractor``, which uses torch's STFT when
+torch is installed; the runtime's numpy ``log_mel`` matches its numpy path within 1.2e-7 and its torch path within
+2.4e-5). Whisper's encoder takes a fixed 30 s window (3000 mel frames, 1500 positions);
 ``context_seconds`` shortens it: the positional table is cut to the window's length, and every clip is padded
 or cut to it. A 1 s keyword then costs about a thirtieth of the compute of the full window.
 """
@@ -53,7 +54,7 @@ def positions(context_seconds: float | None) -> int:
 
 class LogMel:
     """A waveform at 16 kHz -> Whisper's log-mel features [80, frames] for the window (picklable for loader
-    workers). transformers' WhisperFeatureExtractor, numpy path: the runtime's numpy code matches it."""
+    workers), by transformers' WhisperFeatureExtractor; the runtime's numpy ``log_mel`` matches it within 2.4e-5."""
 
     def __init__(self, context_seconds: float | None, n_mels: int = 80):
         self.samples, self.n_mels = window_samples(context_seconds), n_mels
@@ -123,6 +124,8 @@ def build_model(arch: str, n_outputs: int, weights: str, context_seconds: float 
         encoder, base = _packaged_encoder(source.value, arch)
     elif source.kind == W.NAME or (source.kind == W.FILE and Path(source.value).is_dir()):
         encoder, base = _folder_encoder(source.value, source.kind, trust)
+    if base is not None:
+        _check_base(base, arch, weights)
     model = WhisperForAudioClassification(_config(arch, n_outputs, context_seconds, base, dropout))
     model.encoder.embed_positions = FixedPositions(model.encoder.embed_positions.weight)
     if encoder is not None:
@@ -136,9 +139,31 @@ def build_model(arch: str, n_outputs: int, weights: str, context_seconds: float 
         if missing or unexpected:
             raise UserError(f"model.weights {weights} do not fit {arch}'s encoder: missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}")
-    elif source.kind == W.FILE:
-        W.load_file(model, source.value, head_prefixes(model), arch, trust)
+    elif source.kind == W.FILE:  # a suite run's weights: its table may be cut to another window
+        state = W.read_state_dict(W.check_file(source.value), trust)
+        key, n = "encoder.embed_positions.weight", positions(context_seconds)
+        if key in state and len(state[key]) != n:
+            if len(state[key]) < n:
+                raise UserError(f"model.weights {source.value} were trained with a {len(state[key]) * 2 * HOP / SAMPLE_RATE:g} s "
+                                f"window; model.context_seconds {context_seconds or WINDOW_SECONDS:g} needs more "
+                                "positions than they hold: use at most that window")
+            state[key] = state[key][:n]  # fixed sinusoids: the first n are the shorter window's own
+        W.load_state(model, state, head_prefixes(model), source.value, arch)
     return model
+
+
+def _check_base(base, arch: str, weights: str) -> None:
+    """The checkpoint's encoder is ``arch``'s size and takes 80 mel bands (what the features and bundles use)."""
+    if base.num_mel_bins != 80:
+        raise UserError(f"model.weights {weights}: the encoder takes {base.num_mel_bins} mel bands (Whisper large-v3 "
+                        "style); the suite's Whisper features and bundles have 80: use a checkpoint with 80")
+    want = SIZES[arch]
+    if (base.d_model, base.encoder_layers) != (want["d_model"], want["encoder_layers"]):
+        found = next((a for a, v in SIZES.items() if (v["d_model"], v["encoder_layers"]) ==
+                      (base.d_model, base.encoder_layers)), None)
+        hint = f"set model.arch: {found}" if found else "use a model.arch of its size"
+        raise UserError(f"model.weights {weights}: a Whisper encoder of width {base.d_model} and {base.encoder_layers} "
+                        f"layers, not {arch}'s: {hint}")
 
 
 def _packaged_encoder(name: str, arch: str) -> tuple[dict, object]:
