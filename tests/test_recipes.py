@@ -48,6 +48,7 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
                "data.max_seconds=8"]
         out += [f"schedule.{i}.epochs=1" for i in range(len(raw["schedule"]))]
         out += ["eval.source=null"] if raw.get("eval", {}).get("source") else []  # no pretrain run here
+        out += ["eval.compare=[]"] if whisper else []  # the scratch baseline's path: the Wav2Vec2 recipes
         return out + ["export.quantize=[]", "bench.batch_sizes=[]"]
     stage = path.name.startswith("cascade-")  # a cascade's stage: its export runs in tests/test_cascade.py
     if raw["task"] == "detection":  # synthetic scenes at the smallest YOLO stride multiple
