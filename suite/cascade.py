@@ -140,16 +140,19 @@ def _train_stage(source: str, overrides: list[str], out: Path, device: str, what
     return out
 
 
-def _runtime_parts(run_dir: Path):
-    """(bundle dir, its model.json, a torch Bundle through the same runtime code) of a finished stage run."""
+def _torch_bundle(run_dir: Path, meta: dict):
+    """A finished stage run's best model behind the runtime's session interface, with ``meta`` (a model.json)."""
     from suite.core.export import as_bundle
 
+    module = rundir.open_run(run_dir).export_module()
+    return as_bundle(module, meta, meta["input"]["shape"], [o["name"] for o in meta["outputs"]], meta["input"]["name"])
+
+
+def _runtime_parts(run_dir: Path):
+    """(bundle dir, its model.json, a torch Bundle through the same runtime code) of a finished stage run."""
     bundle = rundir.bundle_dir(run_dir)
     meta = json.loads((bundle / "model.json").read_text())
-    module = rundir.open_run(run_dir).export_module()
-    torch_bundle = as_bundle(module, meta, meta["input"]["shape"], [o["name"] for o in meta["outputs"]],
-                             meta["input"]["name"])
-    return bundle, meta, torch_bundle
+    return bundle, meta, _torch_bundle(run_dir, meta)
 
 
 def _scores(dets, samples, labels: list[str]) -> dict[str, float]:
@@ -159,22 +162,15 @@ def _scores(dets, samples, labels: list[str]) -> dict[str, float]:
     ev.update([{"boxes": d.boxes, "scores": d.scores, "labels": d.classes} for d in dets],
               [{"boxes": s.boxes, "labels": s.labels} for s in samples])
     r = ev.compute().metrics
-    return {"map50": r["map50"], "map50_95": r["map50_95"]}
+    return {"val/map50": r["map50"], "val/map50_95": r["map50_95"]}
 
 
-def cascade_map(cascade, samples, labels: list[str], timings: dict | None = None) -> dict[str, float]:
-    """mAP of the cascade's labelled boxes on ``samples`` (fine classes), through Cascade.predict."""
+def scored_map(predict, samples, labels: list[str], **kw) -> dict[str, float]:
+    """mAP of ``predict``'s boxes (a Cascade's labelled boxes, or a detection bundle's at the cascade's
+    thresholds, one label per box as the cascade sees them) on ``samples``, 8 images per call."""
     dets = []
     for start in range(0, len(samples), 8):
-        dets += cascade.predict([str(s.image) for s in samples[start:start + 8]], timings=timings)
-    return _scores(dets, samples, labels)
-
-
-def detector_map(bundle, samples, labels: list[str], conf: float, iou: float) -> dict[str, float]:
-    """mAP of a detection bundle alone at the cascade's thresholds (one label per box, as the cascade sees)."""
-    dets = []
-    for start in range(0, len(samples), 8):
-        dets += bundle.predict([str(s.image) for s in samples[start:start + 8]], conf=conf, iou=iou)
+        dets += predict([str(s.image) for s in samples[start:start + 8]], **kw)
     return _scores(dets, samples, labels)
 
 
@@ -214,10 +210,9 @@ def write_bundle(out: Path, rc: CascadeRecipe, labels: list[str], det_dir: Path,
     return meta
 
 
-def bench(cascade, samples, warmup: int, iters: int) -> dict:
+def bench(cascade, paths: list[str], warmup: int, iters: int) -> dict:
     """Latency per image of the whole pipeline and of each stage (onnxruntime), over ``iters`` validation
     images (cycled), after ``warmup`` images."""
-    paths = [str(s.image) for s in samples]
     for i in range(warmup):
         cascade.predict([paths[i % len(paths)]])
     timings: dict = {}
@@ -236,7 +231,7 @@ def bench(cascade, samples, warmup: int, iters: int) -> dict:
 
 def _table(rows: list[tuple[str, dict]]) -> str:
     lines = ["| run | val mAP50 | val mAP50-95 |", "|---|---:|---:|"]
-    lines += [f"| {name} | {m['map50']:.4f} | {m['map50_95']:.4f} |" for name, m in rows]
+    lines += [f"| {name} | {m['val/map50']:.4f} | {m['val/map50_95']:.4f} |" for name, m in rows]
     return "\n".join(lines)
 
 
@@ -288,45 +283,47 @@ def run_cascade(recipe_path: str | Path, overrides: Sequence[str] = (), out: str
         torch_cascade = Cascade(det_torch, cls_torch, meta, run_dir / rundir.EXPORT)
     except ValueError as e:  # e.g. a finished classifier run without every routed fine class
         raise UserError(f"cascade bundle: {e}") from None
-    scored = {"cascade (onnxruntime)": cascade_map(onnx, samples, data.labels)}
-    scored["cascade (PyTorch)"] = cascade_map(torch_cascade, samples, data.labels)
-    coarse_val = _coarse(data, to_coarse, coarse_names).val
-    scored["detector alone, detector classes"] = detector_map(onnx.detector, coarse_val, coarse_names, rc.conf, rc.iou)
-    cls_metrics = json.loads((cls_run / "metrics.json").read_text())["val"]
+    deployed = scored_map(onnx.predict, samples, data.labels)
+    through_torch = scored_map(torch_cascade.predict, samples, data.labels)
+    thresholds = {"conf": rc.conf, "iou": rc.iou}
+    stages = {"detector": {"val": scored_map(onnx.detector.predict, coarse.val, coarse_names, **thresholds)},
+              "classifier": {"val": json.loads((cls_run / "metrics.json").read_text())["val"]}}
     baselines = {}
     if "direct" in rc.compare:
         direct_yaml = write_yolo(data, views / "direct")
         # the detector's recipe, also when `detector:` is a finished run (its recipe.yaml): never that run itself
         recipe = str(Path(rc.detector) / rundir.RECIPE) if _is_run(rc.detector) else rc.detector
         direct_run = _train_stage(recipe, ["data.format=yolo", f"data.root={direct_yaml}", "eval.compare=[]",
-                                                "export.onnx=false", "bench.batch_sizes=[]"],
+                                           "export.onnx=false", "bench.batch_sizes=[]"],
                                   run_dir / "direct", device, "direct (the detector on the fine classes)")
-        from suite.core.export import as_bundle
-
-        dmeta = dict(det_meta, labels=list(data.labels))
-        module = rundir.open_run(direct_run).export_module()
-        direct = as_bundle(module, dmeta, dmeta["input"]["shape"], [o["name"] for o in dmeta["outputs"]],
-                           dmeta["input"]["name"])
-        scored["direct: the detector trained on the fine classes"] = detector_map(direct, samples, data.labels,
-                                                                                    rc.conf, rc.iou)
+        direct = _torch_bundle(direct_run, dict(det_meta, labels=list(data.labels)))
         own = json.loads((direct_run / "metrics.json").read_text())["val"]
-        baselines["direct_own_protocol"] = {k: v for k, v in own.items() if "map" in k}
-    parity = abs(scored["cascade (onnxruntime)"]["map50_95"] - scored["cascade (PyTorch)"]["map50_95"])
-    timing = bench(onnx, samples, rc.bench.warmup, max(rc.bench.iters, 1)) if rc.bench.batch_sizes else None
-    doc = {"task": "cascade", "val": scored, "classifier_on_ground_truth_crops": cls_metrics, "crops": crops,
-           "parity": {"map50_95_diff": parity, "tolerance": PARITY_TOLERANCE, "passed": parity <= PARITY_TOLERANCE},
-           "bench": timing, "seconds": round(time.perf_counter() - start, 1), **baselines}
+        baselines["direct"] = {"val": scored_map(direct.predict, samples, data.labels, **thresholds),
+                               "own_protocol": {k: v for k, v in own.items() if "map" in k}}
+    diff = abs(deployed["val/map50_95"] - through_torch["val/map50_95"])
+    parity = {"pytorch": through_torch, "onnxruntime": deployed, "map50_95_diff": diff,
+              "tolerance": PARITY_TOLERANCE, "passed": diff <= PARITY_TOLERANCE}
+    doc = {"task": "cascade", "val": deployed, "test": {}, "per_class": {}, "baselines": baselines,
+           "stages": stages, "crops": crops, "parity": parity, "seconds": round(time.perf_counter() - start, 1)}
     write_json(run_dir / "metrics.json", doc)
-    table = _table(list(scored.items()))
-    _report(run_dir, rc, doc, table)
-    if parity > PARITY_TOLERANCE:
-        raise UserError(f"cascade export parity failed: mAP50-95 differs by {parity:.4f} between PyTorch and "
+    timing = None
+    if rc.bench.batch_sizes:
+        timing = bench(onnx, [str(s.image) for s in samples], rc.bench.warmup, max(rc.bench.iters, 1))
+        write_json(run_dir / "bench.json", {"task": "cascade", **timing})
+    rows = [("cascade (onnxruntime)", deployed), ("cascade (PyTorch)", through_torch),
+            ("detector alone, detector classes", stages["detector"]["val"])]
+    if "direct" in baselines:
+        rows.append(("direct: the detector trained on the fine classes", baselines["direct"]["val"]))
+    table = _table(rows)
+    _report(run_dir, rc, doc, timing, table)
+    if not parity["passed"]:
+        raise UserError(f"cascade export parity failed: mAP50-95 differs by {diff:.4f} between PyTorch and "
                         f"onnxruntime (tolerance {PARITY_TOLERANCE}); see {run_dir / 'report.md'}")
     return RunResult(run_dir, doc, table)
 
 
-def _report(run_dir: Path, rc: CascadeRecipe, doc: dict, table: str) -> None:
-    acc = doc["classifier_on_ground_truth_crops"].get("val/accuracy")
+def _report(run_dir: Path, rc: CascadeRecipe, doc: dict, timing: dict | None, table: str) -> None:
+    acc = doc["stages"]["classifier"]["val"].get("val/accuracy")
     lines = [f"# {rc.name}: cascade", "",
              f"Detector classes {', '.join(rc.classes)} -> fine classes "
              f"{', '.join(f for g in rc.classes.values() for f in g)}; crops widened by {rc.crop.margin:g} of the box; "
@@ -334,16 +331,16 @@ def _report(run_dir: Path, rc: CascadeRecipe, doc: dict, table: str) -> None:
              "", "## Validation", "", table, "",
              f"Classifier on the ground-truth crops: val accuracy {acc:.4f} ({doc['crops']['val']} crops)."
              if acc is not None else "", ""]
-    if "direct_own_protocol" in doc:
-        own = doc["direct_own_protocol"]
+    if "direct" in doc["baselines"]:
+        own = doc["baselines"]["direct"]["own_protocol"]
         lines += [f"The direct detector under its own run's protocol (conf 0.001, every class per box): "
                   + ", ".join(f"{k} {v:.4f}" for k, v in own.items()), ""]
     p = doc["parity"]
     lines += ["## Export parity", "",
               f"mAP50-95 through PyTorch and through onnxruntime, the same runtime code: difference "
               f"{p['map50_95_diff']:.4f} (tolerance {p['tolerance']}): {'passed' if p['passed'] else 'FAILED'}.", ""]
-    if doc["bench"]:
-        b = doc["bench"]
+    if timing:
+        b = timing
         lines += ["## Latency (onnxruntime, one image at a time)", "",
                   "| stage | ms per image |", "|---|---:|",
                   f"| detector | {b['detector_ms_per_image']:.2f} |",
@@ -385,8 +382,7 @@ def bench_cascade(folder: Path, threads: int | None = None, warmup: int = 3, ite
         raise UserError(f"{folder} is a cascade bundle without its run's validation images "
                         f"({run_dir / 'data' / 'detector' / 'images' / 'val'}); bench a cascade run directory")
     cascade = Bundle.load(folder, threads=threads)
-    samples = [type("S", (), {"image": p})() for p in images]
-    b = bench(cascade, samples, warmup, iters)
+    b = bench(cascade, [str(p) for p in images], warmup, iters)
     path = write_json(run_dir / "bench.json", {"task": "cascade", "threads": threads, **b})
     table = "\n".join(["| stage | ms per image |", "|---|---:|",
                        f"| detector | {b['detector_ms_per_image']:.2f} |",

@@ -531,14 +531,14 @@ class CascadeRecipe:
 
 def read_task(path: str | Path) -> str | None:
     """The ``task`` a recipe file names (None when it names none), read before the full parse."""
-    raw = _read_raw(Path(path))
+    raw, _ = _read_raw(Path(path))
     return str(raw.get("task")) if raw.get("task") is not None else None
 
 
 def load_cascade(path: str | Path, overrides: Sequence[str] = ()) -> CascadeRecipe:
     path = Path(path)
-    raw = apply_overrides(_read_raw(path), overrides)
-    return _build(CascadeRecipe, raw, [], _Where(str(path), path.read_text(encoding="utf-8")))
+    raw, text = _read_raw(path)
+    return _build(CascadeRecipe, apply_overrides(raw, overrides), [], _Where(str(path), text))
 
 
 def parse_recipe(raw, source: str = "<recipe>", text: str | None = None, tasks: Collection[str] = ()) -> Recipe:
@@ -554,12 +554,12 @@ def parse_recipe(raw, source: str = "<recipe>", text: str | None = None, tasks: 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), tasks: Collection[str] = ()) -> Recipe:
     path = Path(path)
-    raw = _read_raw(path)
-    return parse_recipe(apply_overrides(raw, overrides), str(path), path.read_text(encoding="utf-8"), tasks)
+    raw, text = _read_raw(path)
+    return parse_recipe(apply_overrides(raw, overrides), str(path), text, tasks)
 
 
-def _read_raw(path: Path) -> dict:
-    """The recipe file's YAML mapping, or a UserError naming the file and what is wrong."""
+def _read_raw(path: Path) -> tuple[dict, str]:
+    """The recipe file's YAML mapping and its text, or a UserError naming the file and what is wrong."""
     if not path.is_file():
         raise UserError(f"recipe {path} not found; `suite ls recipes` lists the bundled ones")
     size = path.stat().st_size
@@ -578,7 +578,7 @@ def _read_raw(path: Path) -> dict:
         raise UserError(f"{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a mapping of keys (name, task, model, data, schedule, ...)")
-    return raw
+    return raw, text
 
 
 def dump_recipe(recipe: Recipe) -> str:

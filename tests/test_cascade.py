@@ -84,11 +84,13 @@ def test_cascade_trains_both_stages_exports_one_bundle_and_matches_pytorch(tmp_p
     meta = json.loads((out / "export" / "model.json").read_text())
     assert meta["route"] == {"shape": ["circle", "square"]} and meta["crop"]["margin"] == 0.2
     assert (out / "export" / "detector" / "model.onnx").is_file() and (out / "export" / "classifier" / "model.onnx").is_file()
-    val = doc["val"]
-    assert set(val) == {"cascade (onnxruntime)", "cascade (PyTorch)", "detector alone, detector classes"}
-    assert abs(val["cascade (onnxruntime)"]["map50_95"] - val["cascade (PyTorch)"]["map50_95"]) <= 0.01
+    # the run directory's contract: val/ metric keys, the deployed (onnxruntime) cascade's; stages and parity beside
+    assert set(doc["val"]) == {"val/map50", "val/map50_95"} and doc["baselines"] == {}
+    assert set(doc["stages"]) == {"detector", "classifier"} and "val/map50" in doc["stages"]["detector"]["val"]
+    assert doc["parity"]["onnxruntime"] == doc["val"]
+    assert abs(doc["parity"]["onnxruntime"]["val/map50_95"] - doc["parity"]["pytorch"]["val/map50_95"]) <= 0.01
     assert doc["parity"]["passed"]
-    b = doc["bench"]
+    b = json.loads((out / "bench.json").read_text())
     assert b["images"] == 2 and b["total_ms_p50"] > 0 and b["detector_ms_per_image"] > 0
     report = (out / "report.md").read_text()
     assert "| detector |" in report and "Export parity" in report
@@ -109,9 +111,9 @@ def test_cascade_trains_both_stages_exports_one_bundle_and_matches_pytorch(tmp_p
     second = run(tmp_path / "again.yaml", out=tmp_path / "run2")
     assert not (tmp_path / "run2" / "detector").exists() and not (tmp_path / "run2" / "classifier").exists()
     assert json.loads((tmp_path / "run2" / "direct" / "labels.json").read_text()) == ["circle", "square"]
-    assert second.metrics["val"]["cascade (onnxruntime)"] == doc["val"]["cascade (onnxruntime)"]
-    assert "direct: the detector trained on the fine classes" in second.metrics["val"]
-    assert "val/map50_95" in second.metrics["direct_own_protocol"]
+    assert second.metrics["val"] == doc["val"]
+    assert set(second.metrics["baselines"]["direct"]["val"]) == {"val/map50", "val/map50_95"}
+    assert "val/map50_95" in second.metrics["baselines"]["direct"]["own_protocol"]
 
 
 def test_cascade_recipe_errors_name_the_problem(tmp_path):

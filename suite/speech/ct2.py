@@ -115,10 +115,6 @@ def whisper_config(tensors: dict[str, np.ndarray], extra: dict | None = None):
     return WhisperConfig(**cfg)
 
 
-def _split(weight: np.ndarray, parts: int) -> list[np.ndarray]:
-    return np.split(weight, parts, axis=0)
-
-
 def whisper_state_dict(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """CTranslate2 WhisperSpec tensors -> transformers WhisperForConditionalGeneration state_dict (float32)."""
     out: dict[str, np.ndarray] = {}
@@ -135,8 +131,8 @@ def whisper_state_dict(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         put(f"{dst}.bias", tensors[f"{src}/bias"])
 
     def fused(dst: str, src: str, names: tuple[str, ...]) -> None:
-        weights = _split(tensors[f"{src}/weight"], len(names))
-        biases = _split(tensors[f"{src}/bias"], len(names))
+        weights = np.split(tensors[f"{src}/weight"], len(names))
+        biases = np.split(tensors[f"{src}/bias"], len(names))
         for name, w, b in zip(names, weights, biases):
             put(f"{dst}.{name}.weight", w)
             if name != "k_proj":  # Whisper's key projections have no bias (CTranslate2 stores zeros)
@@ -187,7 +183,6 @@ def load_whisper(folder: str | os.PathLike | None = None):
     model = WhisperForConditionalGeneration(config)
     state = {k: torch.from_numpy(v) for k, v in whisper_state_dict(tensors).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "proj_out.weight" or "proj_out.weight" not in state]
     if missing or unexpected:
         raise UserError(f"{folder / 'model.bin'} does not convert to Whisper: missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}")

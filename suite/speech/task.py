@@ -43,9 +43,8 @@ ARCHS = (*wav2vec2.SIZES, *whisper.SIZES)
 WHISPER_INPUT = "input_features"
 
 
-def _whisper_io(recipe: Recipe) -> OnnxIO:
-    """[batch, 80, frames]: the batch dynamic, the window fixed (Whisper's positions are a fixed table)."""
-    return OnnxIO(input=WHISPER_INPUT, outputs=("logits",), axes={0: Axis("batch", 1, 1024)})
+# [batch, 80, frames]: the batch dynamic, the window fixed (Whisper's positions are a fixed table)
+WHISPER_IO = OnnxIO(input=WHISPER_INPUT, outputs=("logits",), axes={0: Axis("batch", 1, 1024)})
 
 
 def _features(recipe: Recipe):
@@ -268,7 +267,7 @@ class SpeechModality:
             return ExportSpec(
                 meta=meta, example=torch.randn(2, 80, frames, generator=torch.Generator().manual_seed(0)),
                 evaluate=lambda m: runtime_metrics(m, data.val, data, meta), metric="val/accuracy",
-                module=self.export_module(recipe, model), io=_whisper_io(recipe), quantizable=("int8-dynamic",),
+                module=self.export_module(recipe, model), io=WHISPER_IO, quantizable=("int8-dynamic",),
                 parity_batches=(1, 3), calibration=lambda n: (),
                 extra={"input": {"name": WHISPER_INPUT, "shape": ["batch", 80, frames], "dtype": "float32",
                                  "layout": "log_mel", "sample_rate": SAMPLE_RATE},
