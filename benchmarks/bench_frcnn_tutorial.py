@@ -6,7 +6,8 @@ the suite's CPU-sized one, side by side in one process.
 Both models: FasterRCNN on mobilenet_v2().features (1280 channels), anchors 32-512 x 3 ratios, RoIAlign 7x7,
 4 images of 192 px resized to --size, 2 boxes each, SGD. "tutorial": TwoMLPHead 62,720 -> 1024, 512 RoIs per
 image, torchvision's proposal counts; "suite": the model `fasterrcnn_mobilenet_v2` builds (256 wide, 64 RoIs,
-fewer proposals). Backbone frozen (as the quickstart trains) and trained. Prints seconds per step.
+fewer proposals); "suite-s16": `fasterrcnn_mobilenet_v2_s16`, the same on the features cut at stride 16
+(96 channels; anchors 32-256). Backbone frozen (as the quickstart trains) and trained. Prints seconds per step.
 """
 from __future__ import annotations
 
@@ -62,11 +63,12 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     models = {"tutorial": tutorial(5, args.size),
-              "suite": frcnn.build_model(frcnn.TUTORIAL, list("abcd"), "none", min_size=args.size)}
+              "suite": frcnn.build_model(frcnn.TUTORIAL, list("abcd"), "none", min_size=args.size),
+              "suite-s16": frcnn.build_model(frcnn.TUTORIAL_S16, list("abcd"), "none", min_size=args.size)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 4 images at {args.size} px")
     for frozen in (True, False):
         for name, model in models.items():
-            print(f"{name:9s} backbone {'frozen ' if frozen else 'trained'}: {step_time(model, frozen, args.steps):6.2f} "
+            print(f"{name:10s} backbone {'frozen ' if frozen else 'trained'}: {step_time(model, frozen, args.steps):6.2f} "
                   "s per step", flush=True)
 
 

