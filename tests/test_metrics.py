@@ -90,6 +90,44 @@ def test_class_absent_from_targets_and_predictions_is_left_out_of_macro() -> Non
     assert m["f1"] != pytest.approx(all_labels, abs=TOL)
 
 
+@pytest.mark.parametrize("absent", [False, True])
+def test_classification_equals_torchmetrics(absent: bool) -> None:
+    """The confusion-matrix evaluator gives torchmetrics' Multiclass* values (it avoids only their import)."""
+    from torchmetrics.classification import (MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score,
+                                             MulticlassPrecision, MulticlassRecall)
+
+    logits, target = _random_problem(seed=4, c=10)
+    if absent:  # class 7 in neither targets nor predictions
+        keep = target != 7
+        logits, target = logits[keep], target[keep]
+        logits[:, 7] = -100.0
+    result = _evaluate(logits, target, 10)
+    x, y = torch.from_numpy(logits), torch.from_numpy(target)
+    kw = {"num_classes": 10, "zero_division": 0}
+    expected = {"accuracy": MulticlassAccuracy(10, average="micro")(x, y),
+                "top5": MulticlassAccuracy(10, top_k=5, average="micro")(x, y),
+                **{name: cls(average="macro", **kw)(x, y) for name, cls in
+                   (("precision", MulticlassPrecision), ("recall", MulticlassRecall), ("f1", MulticlassF1Score))}}
+    for name, value in expected.items():
+        assert result.metrics[name] == pytest.approx(float(value), abs=TOL), name
+    per = {name: cls(average="none", **kw)(x, y) for name, cls in
+           (("precision", MulticlassPrecision), ("recall", MulticlassRecall), ("f1", MulticlassF1Score))}
+    for i, row in enumerate(result.per_class.values()):
+        assert all(row[k] == pytest.approx(float(per[k][i]), abs=TOL) for k in per)
+    assert result.confusion == MulticlassConfusionMatrix(10)(x, y).tolist()
+
+
+def test_classification_run_does_not_import_torchmetrics() -> None:
+    """Its import (every domain: scipy.signal, transformers) was a quarter of a short classification run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from suite.core.metrics import ClassificationEvaluator as E; e = E(list('abcdef')); "
+            "e.update(torch.randn(8, 6), torch.arange(8) % 6, loss=1.0); e.compute(); "
+            "assert 'torchmetrics' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_top5_is_counted_apart_from_top1_after_an_all_correct_first_batch() -> None:
     """torchmetrics' automatic compute groups merged top-5 into top-1 when the first batch was all correct."""
     ev = ClassificationEvaluator([str(i) for i in range(10)])
@@ -116,6 +154,8 @@ def test_evaluator_rejects_bad_input() -> None:
     ev = ClassificationEvaluator(["a", "b", "c"])
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
         ev.update(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        ev.update(torch.zeros(2, 3), torch.tensor([0, 3]))
     with pytest.raises(UserError, match="no samples"):
         ev.compute()
     with pytest.raises(ValueError, match="unique"):

@@ -5,6 +5,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -112,12 +113,60 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def save_state(path: str | os.PathLike, state: dict) -> Path:
+def save_state(path: str | os.PathLike, state: dict, background: bool = False) -> Path:
     """The full resume state (``checkpoints/last.pt``): plain containers and tensors only,
-    so it loads back with ``weights_only=True``."""
+    so it loads back with ``weights_only=True``.
+
+    ``background``: copy the tensors to CPU now and write (and fsync) the copy on a writer thread while training
+    goes on; the next save, and ``wait_saves()``, wait for it and raise its error. One write at a time, so a kill
+    leaves the previous complete file or the new one, as with a direct write.
+    """
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(state, tmp), _tensor_bytes(state))
+    path = Path(path)
+    if not background:
+        wait_saves()
+        return atomic_write(path, lambda tmp: torch.save(state, tmp), _tensor_bytes(state))
+    snapshot = _cpu_copy(state)  # the live tensors change in the next optimizer step
+    wait_saves()
+
+    def write() -> None:
+        try:
+            atomic_write(path, lambda tmp: torch.save(snapshot, tmp), _tensor_bytes(snapshot))
+        except BaseException as e:  # raised in the training thread by the next wait_saves()
+            _PENDING["error"] = e
+
+    thread = threading.Thread(target=write, name="suite-checkpoint")
+    _PENDING["thread"] = thread
+    thread.start()
+    return path
+
+
+_PENDING: dict = {"thread": None, "error": None}  # the background save_state in flight (one at a time)
+
+
+def wait_saves() -> None:
+    """Wait for a background ``save_state``; its error (a full disk: DiskError) is raised here."""
+    thread = _PENDING["thread"]
+    if thread is not None:
+        thread.join()
+        _PENDING["thread"] = None
+    error, _PENDING["error"] = _PENDING["error"], None
+    if error is not None:
+        raise error
+
+
+def _cpu_copy(obj):
+    """Containers rebuilt and tensors copied to CPU memory: a snapshot later training cannot change."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
 
 
 def _tensor_bytes(obj) -> int:

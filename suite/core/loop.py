@@ -236,7 +236,7 @@ class _Trainer:
         rngs = dist.gather(checkpoint.rng_state())  # every rank's RNG (its own augmentation draws), on rank 0
         if not dist.is_main():
             return
-        checkpoint.save_state(self.dir / LAST, {
+        checkpoint.save_state(self.dir / LAST, background=True, state={
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
@@ -283,6 +283,7 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
     finally:
         if writer is not None:
             writer.close()
+        checkpoint.wait_saves()  # last.pt complete (or its write error raised) before fit returns
     if dist.world() > 1:
         _check_replicas(model)
     return pos

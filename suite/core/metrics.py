@@ -1,4 +1,5 @@
-"""Evaluation metrics: a thin, modality-free layer over torchmetrics.
+"""Evaluation metrics: a thin, modality-free layer over torchmetrics (classification: one confusion matrix, with
+torchmetrics' definitions and without its import).
 
 Keys are lower-case; a split prefix with ``/`` is added only at the edge
 (``EvalResult.prefixed("val")`` -> ``val/accuracy``), so training code, plots and
@@ -87,47 +88,68 @@ class EvalResult:
 ONE_PROCESS = {"sync_on_compute": False}
 
 
-class _Evaluator:
-    """Shared bookkeeping: a torchmetrics collection plus a sample-weighted loss mean."""
+class _LossMean:
+    """The sample-weighted loss mean and sample count every evaluator keeps."""
 
-    def __init__(self, metrics: dict, device: str | torch.device, groups: list[list[str]] | bool = False) -> None:
-        from torchmetrics import MetricCollection
-
-        self.device = torch.device(device)
-        # ``groups``: metrics that truly share one set of states (precision/recall/f1 and their per-class twins
-        # count the same tp/fp/fn), named explicitly. torchmetrics' automatic grouping (compute_groups=True)
-        # merges metrics whose states happen to be equal after the first batch: top-5 accuracy then follows
-        # top-1 for the rest of the epoch whenever the first batch is all correct.
-        self._metrics = MetricCollection(metrics, compute_groups=groups).to(self.device)
-        self.reset()
-
-    def reset(self) -> None:
-        self._metrics.reset()
+    def _reset_loss(self) -> None:
         self._loss_sum = 0.0
         self._loss_n = 0
         self._n = 0
 
-    def _update(self, preds: Tensor, target: Tensor, loss: float | Tensor | None, n: int | None) -> None:
-        batch = int(target.shape[0])
-        self._metrics.update(preds.detach().to(self.device), target.detach().to(self.device))
+    def _count(self, batch: int, loss: float | Tensor | None, n: int | None) -> None:
         self._n += batch
         if loss is not None:
             weight = batch if n is None else int(n)
             self._loss_sum += float(loss) * weight
             self._loss_n += weight
 
-    def _compute(self) -> tuple[dict[str, float], dict[str, Tensor]]:
+    def _loss(self) -> dict[str, float]:
         if self._n == 0:
             raise UserError("no samples were evaluated: is the evaluation split empty?")
-        raw = self._metrics.compute()
-        out: dict[str, float] = {}
-        if self._loss_n:
-            out["loss"] = self._loss_sum / self._loss_n
-        return out, raw
+        return {"loss": self._loss_sum / self._loss_n} if self._loss_n else {}
 
 
-class ClassificationEvaluator(_Evaluator):
-    """Accuracy (micro), macro precision/recall/F1, top-5 when C > 5, confusion, per-class."""
+class _Evaluator(_LossMean):
+    """Shared bookkeeping: a torchmetrics collection plus a sample-weighted loss mean."""
+
+    def __init__(self, metrics: dict, device: str | torch.device, groups: list[list[str]] | bool = False) -> None:
+        from torchmetrics import MetricCollection
+
+        self.device = torch.device(device)
+        # ``groups``: metrics that truly share one set of states, named explicitly. torchmetrics' automatic
+        # grouping (compute_groups=True) merges metrics whose states happen to be equal after the first batch
+        # (top-5 accuracy followed top-1 whenever the first batch was all correct).
+        self._metrics = MetricCollection(metrics, compute_groups=groups).to(self.device)
+        self.reset()
+
+    def reset(self) -> None:
+        self._metrics.reset()
+        self._reset_loss()
+
+    def _update(self, preds: Tensor, target: Tensor, loss: float | Tensor | None, n: int | None) -> None:
+        self._metrics.update(preds.detach().to(self.device), target.detach().to(self.device))
+        self._count(int(target.shape[0]), loss, n)
+
+    def _compute(self) -> tuple[dict[str, float], dict[str, Tensor]]:
+        out = self._loss()
+        return out, self._metrics.compute()
+
+
+def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, 0 where den is 0 (torchmetrics' and sklearn's zero_division=0), in float32 as torchmetrics."""
+    num, den = num.float(), den.float()
+    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+class ClassificationEvaluator(_LossMean):
+    """Accuracy (micro), macro precision/recall/F1, top-5 when C > 5, confusion, per-class.
+
+    Every figure comes from one confusion matrix (plus a top-5 hit count), with torchmetrics' Multiclass*
+    definitions (tests/test_metrics.py checks them against torchmetrics and scikit-learn). Not through torchmetrics
+    itself: its import loads every domain it has (scipy.signal, transformers through BERTScore), which was 3.3 s
+    of an 18 s classification run on 2 cores (benchmarks/README.md, bench_training.py). Detection, regression
+    and transcription metrics stay torchmetrics'.
+    """
 
     def __init__(self, labels: Sequence[str], device: str | torch.device = "cpu") -> None:
         self.labels = [str(label) for label in labels]
@@ -136,55 +158,50 @@ class ClassificationEvaluator(_Evaluator):
             raise ValueError(f"classification needs at least 2 labels, got {c}")
         if len(set(self.labels)) != c:
             raise ValueError("labels must be unique (they key the per-class table)")
-        from torchmetrics.classification import (
-            MulticlassAccuracy,
-            MulticlassConfusionMatrix,
-            MulticlassF1Score,
-            MulticlassPrecision,
-            MulticlassRecall,
-        )
+        self.device = torch.device(device)
+        self.reset()
 
-        metrics = {
-            "accuracy": MulticlassAccuracy(c, average="micro", **ONE_PROCESS),
-            "precision": MulticlassPrecision(c, average="macro", zero_division=0, **ONE_PROCESS),
-            "recall": MulticlassRecall(c, average="macro", zero_division=0, **ONE_PROCESS),
-            "f1": MulticlassF1Score(c, average="macro", zero_division=0, **ONE_PROCESS),
-            "class_precision": MulticlassPrecision(c, average="none", zero_division=0, **ONE_PROCESS),
-            "class_recall": MulticlassRecall(c, average="none", zero_division=0, **ONE_PROCESS),
-            "class_f1": MulticlassF1Score(c, average="none", zero_division=0, **ONE_PROCESS),
-            "confusion": MulticlassConfusionMatrix(c, **ONE_PROCESS),
-        }
-        if c > TOP_K:
-            metrics["top5"] = MulticlassAccuracy(c, top_k=TOP_K, average="micro", **ONE_PROCESS)
-        super().__init__(metrics, device, groups=[["precision", "recall", "f1", "class_precision", "class_recall",
-                                                   "class_f1"]])
+    def reset(self) -> None:
+        c = len(self.labels)
+        self._confusion = torch.zeros(c * c, dtype=torch.long, device=self.device)
+        self._top5 = torch.zeros((), dtype=torch.long, device=self.device)
+        self._reset_loss()
 
     def update(
         self, logits: Tensor, target: Tensor, loss: float | Tensor | None = None, n: int | None = None
     ) -> None:
         """Add a batch: ``logits`` [N, C] (scores, any scale), ``target`` [N] class indices."""
-        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
-            raise ValueError(
-                f"logits must be [N, {len(self.labels)}], got {list(logits.shape)}"
-            )
-        self._update(logits, target.long(), loss, n)
+        c = len(self.labels)
+        if logits.ndim != 2 or logits.shape[1] != c:
+            raise ValueError(f"logits must be [N, {c}], got {list(logits.shape)}")
+        logits = logits.detach().to(self.device)
+        target = target.detach().to(self.device).long().reshape(-1)
+        if target.shape[0] != logits.shape[0]:
+            raise ValueError(f"{logits.shape[0]} logits rows but {target.shape[0]} targets")
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
+            raise ValueError(f"targets must be class indices in [0, {c}), got {int(target.min())}..{int(target.max())}")
+        self._confusion += torch.bincount(target * c + logits.argmax(1), minlength=c * c)
+        if c > TOP_K:
+            self._top5 += (logits.topk(TOP_K, dim=1).indices == target[:, None]).any(1).sum()
+        self._count(int(target.shape[0]), loss, n)
 
     def compute(self) -> EvalResult:
-        out, raw = self._compute()
-        for key in ("accuracy", "precision", "recall", "f1", "top5"):
-            if key in raw:
-                out[key] = _scalar(raw[key])
-        confusion = raw["confusion"].long().cpu()
-        support = confusion.sum(dim=1)  # row sums = how many samples truly had each class
-        per_class = {
-            label: {
-                "precision": _scalar(raw["class_precision"][i]),
-                "recall": _scalar(raw["class_recall"][i]),
-                "f1": _scalar(raw["class_f1"][i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(self.labels)
-        }
+        out = self._loss()
+        c = len(self.labels)
+        confusion = self._confusion.view(c, c).cpu()  # rows = true class, cols = predicted
+        tp = confusion.diag()
+        fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
+        scores = {"precision": _safe_divide(tp, tp + fp), "recall": _safe_divide(tp, tp + fn),
+                  "f1": _safe_divide(2 * tp, 2 * tp + fp + fn)}
+        seen = (tp + fp + fn > 0).float()  # a class in neither targets nor predictions leaves the macro mean
+        out["accuracy"] = _scalar(_safe_divide(tp.sum(), confusion.sum()))
+        for key, score in scores.items():
+            out[key] = _scalar(_safe_divide((score * seen).sum(), seen.sum()))
+        if c > TOP_K:
+            out["top5"] = _scalar(_safe_divide(self._top5.cpu(), confusion.sum()))
+        support = confusion.sum(dim=1)
+        per_class = {label: {**{key: _scalar(score[i]) for key, score in scores.items()}, "support": int(support[i])}
+                     for i, label in enumerate(self.labels)}
         return EvalResult(metrics=out, per_class=per_class, confusion=confusion.tolist())
 
 

@@ -2,7 +2,7 @@
 
 Plots are drawn on ``matplotlib.figure.Figure`` with the Agg canvas attached explicitly,
 never through pyplot. ``matplotlib.use("Agg")`` before importing pyplot would not be
-reliable here: torchmetrics already imports pyplot when it is imported, so the order is
+reliable here: torchmetrics (detection, speech) imports pyplot when it is imported, so the order is
 not ours to control. Bypassing pyplot means no window can open and no figure lingers in
 pyplot's global registry during a long training run, whatever backend pyplot picked.
 """
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING
 
 from suite.core.checkpoint import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _LEADING_COLUMNS = ("epoch", "stage", "lr", "train/loss")
 _ANNOTATE_MAX_LABELS = 20  # beyond this, numbers in cells overlap and become noise
@@ -70,7 +71,17 @@ def _parse_cell(text: str) -> int | float | str:
 # ---------------------------------------------------------------- plots
 
 
+def _figure(**kw) -> Figure:
+    """A matplotlib Figure (imported here, when a plot is drawn: `suite` commands that draw none skip its
+    import, 0.3 s)."""
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **kw)
+
+
 def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)  # attaches the Agg canvas; savefig then never touches a GUI
     # format= is required: atomic_write's temporary file has a .tmp suffix.
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -107,7 +118,9 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path:
     changes = _stage_changes(rows, epochs)
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(4.5 * cols, 3.2 * nrows), layout="constrained")
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(4.5 * cols, 3.2 * nrows))
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
     for ax, name in zip(axes, panels):
         for split in ("train", "val"):
@@ -134,7 +147,7 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path:
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], raw: Sequence[float], suggestion: float,
                  path: str | os.PathLike) -> Path:
     """The LR range test: raw and smoothed loss against the LR (log scale), the suggestion marked."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = _figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(lrs, raw, color="lightgrey", linewidth=1, label="loss")
     ax.plot(lrs, losses, label="smoothed loss")
@@ -165,7 +178,7 @@ def plot_confusion(
         totals = counts.sum(axis=1, keepdims=True)
         values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     side = min(4 + 0.45 * n, 24)
-    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    fig = _figure(figsize=(side + 1.5, side))
     ax = fig.subplots()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, shrink=0.8)
