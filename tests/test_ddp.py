@@ -52,3 +52,48 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     x, y = load_file(tmp_path / "single" / "checkpoints" / "best.safetensors"), load_file(out / "checkpoints" /
                                                                                          "best.safetensors")
     assert all(torch.allclose(x[k].float(), y[k].float(), atol=1e-5) for k in x)
+
+
+OTHER_LOOPS = {  # the suite's own loop for the other modalities: a frozen stage, then everything trained
+    "speech": """\
+name: ddp-speech
+task: speech-classification
+model: {{arch: wav2vec2-tiny, weights: none}}
+data:
+  format: synthetic:speech
+  root: {root}
+  synthetic: {{classes: [up, down], train_per_class: 2, val_per_class: 1}}
+schedule: [{{epochs: 1, train: head, lr: 1.0e-3}}, {{epochs: 1, train: all, lr: 1.0e-4}}]
+train: {{batch_size: 4, seed: 0}}
+export: {{onnx: false}}
+""",
+    "frcnn": """\
+name: ddp-frcnn
+task: detection
+model: {{arch: fasterrcnn_mobilenet_v2_s16, weights: none}}
+data:
+  format: synthetic:shapes
+  root: {root}
+  synthetic: {{classes: [circle, square], train_per_class: 2, val_per_class: 1, size: 64, max_objects: 2}}
+  image_size: 64
+schedule: [{{epochs: 1, train: [rpn, roi_heads, head], lr: 1.0e-2}}, {{epochs: 1, train: all, lr: 1.0e-3}}]
+train: {{batch_size: 2, seed: 0}}
+export: {{onnx: false}}
+"""}
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_LOOPS))
+def test_speech_and_faster_rcnn_train_under_two_gloo_processes(kind, tmp_path):
+    """Wav2Vec2 (its loss reads the model's config through the DDP wrapper) and Faster R-CNN (a frozen backbone,
+    then all of it) under DDP: every rank ends with the same weights and one run directory is written."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(OTHER_LOOPS[kind].format(root=tmp_path / "data"))
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "x 2 processes (DDP" in log and "2 ranks agree:" in log and log.count("run directory:") == 1
+    assert len(read_history(out / "history.csv")) == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.pt"]

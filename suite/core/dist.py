@@ -87,6 +87,23 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP replica and/or torch.compile's wrapper (its attributes: config, ...)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, _ddp_type()):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+def _ddp_type() -> type:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """A DDP replica for the stage's trainable parameters (frozen ones are not registered, so a stage that
     freezes most of the model sends only the trainable gradients). ``static_graph``: the same parameters take

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from suite.core import report
+from suite.core import dist, report
 from suite.core.data import loader_workers
 from suite.core.export import Axis, ExportSpec, OnnxIO, OnnxModel, as_bundle
 from suite.core.features import CacheSpec
@@ -314,7 +314,7 @@ def _cache_blocker(recipe: Recipe, data) -> str | None:
 
 
 def _uses_mask(model: nn.Module) -> bool:
-    return getattr(model.config, "feat_extract_norm", "group") == "layer"
+    return getattr(dist.unwrap(model).config, "feat_extract_norm", "group") == "layer"  # DDP, compile: the model
 
 
 def _inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
