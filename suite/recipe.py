@@ -185,11 +185,14 @@ class TrainCfg:
     # channels_last memory format for convolutional image models: auto (on a CUDA GPU, where cuDNN's NHWC
     # kernels are faster), true, false
     channels_last: bool | str = "auto"
+    # under --nproc, BatchNorm layers as SyncBatchNorm (statistics over the global batch, not each rank's slice):
+    # auto (on CUDA, where torch supports it), true (an error on CPU/gloo), false
+    sync_batchnorm: bool | str = "auto"
 
     def __post_init__(self):
         _one_of("precision", self.precision, PRECISIONS)
         for name, modes in (("cache_features", CACHE_MODES), ("compile", COMPILE_MODES),
-                            ("channels_last", CHANNELS_LAST)):
+                            ("channels_last", CHANNELS_LAST), ("sync_batchnorm", CHANNELS_LAST)):
             value = getattr(self, name)
             mode = str(value).lower() if isinstance(value, bool) else value
             _one_of(name, mode, modes)

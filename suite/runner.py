@@ -129,6 +129,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
                on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     start = time.perf_counter()
     check_task_options(recipe)
+    dist.wants_sync_batchnorm(recipe.train.sync_batchnorm, device)  # true on CPU: the error before any data work
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -151,9 +152,11 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run
     model, groups = model_and_groups(mod, recipe, data.labels, recipe.model.weights)
     model.to(device)
+    synced = dist.sync_batchnorm(model, groups, recipe.train.sync_batchnorm, device)
     opts = fit_options(recipe, mod.default_metric(recipe))
     if main:
         ranks = f" x {dist.world()} processes (DDP, global batch {recipe.train.batch_size})" if dist.world() > 1 else ""
+        ranks += f", {synced} SyncBatchNorm layers" if synced else ""
         log(f"[{recipe.name}] training on {device}{ranks}: groups {', '.join(group_names(groups))}")
     trainer = mod.trainer(recipe, data)
     if trainer is not None and dist.world() > 1:

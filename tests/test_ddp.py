@@ -97,3 +97,29 @@ def test_speech_and_faster_rcnn_train_under_two_gloo_processes(kind, tmp_path):
     assert "x 2 processes (DDP" in log and "2 ranks agree:" in log and log.count("run directory:") == 1
     assert len(read_history(out / "history.csv")) == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.pt"]
+
+
+def test_sync_batchnorm_swaps_layers_in_place_and_keeps_groups_freezing_them(monkeypatch):
+    """train.sync_batchnorm under DDP (converted here as for CUDA ranks; torch runs SyncBatchNorm on GPUs only):
+    every BatchNorm becomes SyncBatchNorm with the same parameters and state_dict names, and a frozen group
+    still puts its (new) layers in eval mode. On CPU, auto leaves them and true is a one-line error."""
+    from suite.core import dist
+    from suite.core.groups import freeze_batchnorm
+    from suite.errors import UserError
+    from suite.vision import models as vm
+
+    model, _ = vm.build_model("resnet18", 3, "none")
+    groups = vm.model_groups("resnet18", model)
+    params, keys = [id(p) for p in model.parameters()], list(model.state_dict())
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    assert dist.sync_batchnorm(model, groups, "auto", torch.device("cpu")) == 0
+    with pytest.raises(UserError, match="sync_batchnorm: true needs CUDA"):
+        dist.sync_batchnorm(model, groups, "true", torch.device("cpu"))
+    assert dist.sync_batchnorm(model, groups, "auto", torch.device("cuda")) == 20
+    assert not [m for m in model.modules() if type(m) is torch.nn.BatchNorm2d]
+    assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
+    stem = groups[0]
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in stem.modules)  # the group's own list points at it
+    model.train()
+    freeze_batchnorm(groups, [g.name for g in groups[1:]])
+    assert all(not m.training for m in stem.modules if isinstance(m, torch.nn.SyncBatchNorm))

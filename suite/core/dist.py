@@ -16,6 +16,8 @@ import torch.distributed as td
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from suite.errors import UserError
+
 
 def world() -> int:
     return td.get_world_size() if td.is_available() and td.is_initialized() else 1
@@ -85,6 +87,37 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32)
     td.all_reduce(t, op=td.ReduceOp.MAX)
     return bool(t.item())
+
+
+def wants_sync_batchnorm(setting: str, device: torch.device) -> bool:
+    """``train.sync_batchnorm`` under this launch; ``true`` off CUDA is an error (torch's SyncBatchNorm runs on
+    GPUs only)."""
+    if world() == 1 or setting == "false":
+        return False
+    if device.type != "cuda" and setting == "true":
+        raise UserError(f"train.sync_batchnorm: true needs CUDA devices (torch's SyncBatchNorm does not run on "
+                        f"{device.type} with gloo); set it to auto or false")
+    return device.type == "cuda"
+
+
+def sync_batchnorm(model: nn.Module, groups: list, setting: str, device: torch.device) -> int:
+    """Under DDP, BatchNorm layers -> SyncBatchNorm in place (``train.sync_batchnorm``: auto = on CUDA, true,
+    false), so each step's statistics cover the global batch. The parameters and buffers stay the same objects
+    under the same names (optimizer groups and checkpoints are unchanged); the groups' module lists are pointed
+    at the new layers, so frozen groups still put theirs in eval mode. Returns how many layers were converted."""
+    if not wants_sync_batchnorm(setting, device):
+        return 0
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    swapped: dict[int, nn.Module] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                swapped[id(child)] = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+                setattr(parent, name, swapped[id(child)])
+    for g in groups:
+        g.modules[:] = [swapped.get(id(m), m) for m in g.modules]
+    return len(swapped)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
