@@ -30,7 +30,7 @@ QUANTIZE = ("int8-dynamic", "int8-static")
 RUNTIMES = ("torch", "torch.compile", "onnxruntime")
 CACHE_MODES = ("auto", "true", "false")
 COMPILE_MODES = ("false", "true", "inductor", "aot_eager")  # true: inductor; aot_eager traces without code generation
-CHANNELS_LAST = ("auto", "true", "false")
+AUTO_MODES = ("auto", "true", "false")  # channels_last, sync_batchnorm
 AUGMENT_LEVELS = ("none", "light", "standard")
 SOURCE_FORMATS = ("imagefolder", "imagenet-photos")
 SOURCE_TASKS = ("image-classification", "speech-classification")  # where eval.source (forgetting) is measured
@@ -192,7 +192,7 @@ class TrainCfg:
     def __post_init__(self):
         _one_of("precision", self.precision, PRECISIONS)
         for name, modes in (("cache_features", CACHE_MODES), ("compile", COMPILE_MODES),
-                            ("channels_last", CHANNELS_LAST), ("sync_batchnorm", CHANNELS_LAST)):
+                            ("channels_last", AUTO_MODES), ("sync_batchnorm", AUTO_MODES)):
             value = getattr(self, name)
             mode = str(value).lower() if isinstance(value, bool) else value
             _one_of(name, mode, modes)

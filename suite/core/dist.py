@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as td
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from suite.errors import UserError
@@ -124,17 +125,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP replica and/or torch.compile's wrapper (its attributes: config, ...)."""
     while True:
         inner = getattr(model, "_orig_mod", None)
-        if inner is None and isinstance(model, _ddp_type()):
+        if inner is None and isinstance(model, DistributedDataParallel):
             inner = model.module
         if inner is None:
             return model
         model = inner
-
-
-def _ddp_type() -> type:
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
@@ -144,8 +139,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     mask embedding when nothing is masked) without find_unused_parameters' graph walk at every step."""
     if world() == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, static_graph=True)
 

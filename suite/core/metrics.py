@@ -138,7 +138,7 @@ class _Evaluator(_LossMean):
 def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """num / den, 0 where den is 0 (torchmetrics' and sklearn's zero_division=0), in float32 as torchmetrics."""
     num, den = num.float(), den.float()
-    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    return torch.where(den != 0, num / den, torch.zeros_like(num))
 
 
 class ClassificationEvaluator(_LossMean):

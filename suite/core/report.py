@@ -13,10 +13,9 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from typing import TYPE_CHECKING
 
 from suite.core.checkpoint import atomic_write, atomic_write_text
 
