@@ -6,6 +6,10 @@ import tempfile
 
 import pytest
 
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # several pytest workers share the cores: one thread each instead of each spinning up one per core; set before
+    # any test imports torch, and inherited by the runs and torchrun ranks tests start as subprocesses
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("SUITE_CACHE", tempfile.mkdtemp(prefix="suite-cache-"))  # staged datasets, not ~/.cache
