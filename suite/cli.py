@@ -354,5 +354,18 @@ def main(argv=None) -> None:
         sys.exit(e.exit_code)
 
 
+def entry() -> None:
+    """The `suite` console script (and `python -m suite.cli`): main(), then a quick exit. Python's shutdown
+    garbage-collects every object the imports made (torch's alone: 1.2 s of the exit on 2 cores, against 0.2 s
+    with them frozen); as the process ends anyway, they are frozen (gc.freeze) instead. In-process callers
+    (tests, notebooks) use main(), which leaves the collector alone."""
+    import gc
+
+    try:
+        main()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Collection, Mapping, Sequence
@@ -188,6 +189,9 @@ class TrainCfg:
     # under --nproc, BatchNorm layers as SyncBatchNorm (statistics over the global batch, not each rank's slice):
     # auto (on CUDA, where torch supports it), true (an error on CPU/gloo), false
     sync_batchnorm: bool | str = "auto"
+    # checkpoints/last.pt at an epoch's end once this many seconds passed since the last one (0: every epoch);
+    # always at a stage's end and on SIGTERM/SIGINT. A hard kill (SIGKILL, power) loses at most this much training.
+    checkpoint_every_s: float = 60.0
 
     def __post_init__(self):
         _one_of("precision", self.precision, PRECISIONS)
@@ -205,6 +209,10 @@ class TrainCfg:
             raise FieldError("ema", f"must be in (0, 1), e.g. 0.999, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise FieldError("label_smoothing", "must be in [0, 1)")
+        value = self.checkpoint_every_s
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+            raise FieldError("checkpoint_every_s", f"must be a number of seconds >= 0 (0: every epoch), "
+                             f"got {self.checkpoint_every_s!r}")
 
 
 @dataclass(frozen=True)

@@ -71,3 +71,19 @@ def test_ls_lists_every_modality_through_the_registry(suite_cli):
     assert code == 0 and names == ["feature_encoder", "feature_projection", *(f"encoder.{i}" for i in range(12)),
                                    "head", "total"]
     assert "199,948 params" in out  # head: projector 768 * 256 + 256 = 196,864, classifier 256 * 12 + 12 = 3,084
+
+
+def test_the_console_script_freezes_the_collector_before_exit_and_main_does_not(monkeypatch, capsys):
+    """`suite` (entry) ends with gc.freeze(), so the interpreter's exit skips collecting the imports' objects
+    (1.2 s after a run); main(), which tests and notebooks call in-process, leaves the collector alone."""
+    import gc
+
+    from suite import cli
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr("sys.argv", ["suite", "--help"])
+    cli.main(["--help"])
+    assert frozen == []
+    cli.entry()
+    assert frozen == [True] and "Fine-tune pre-trained models" in capsys.readouterr().out

@@ -141,7 +141,7 @@ def test_a_run_whose_disk_fills_stops_with_exit_2_and_resumes(recipe, tmp_path, 
     from suite.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["run", str(recipe), "--out", str(tmp_path / "run")])
+        main(["run", str(recipe), "--out", str(tmp_path / "run"), "-s", "train.checkpoint_every_s=0"])  # each epoch
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exc.value.code == 2 and "no space left" in err and "checkpoints" in err
     monkeypatch.undo()

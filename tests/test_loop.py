@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from suite.core import checkpoint
@@ -141,6 +142,48 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, kill_after):
     best_full = checkpoint.load_state(tmp_path / "full" / "checkpoints" / "last.pt")["ema"]
     best_cut = checkpoint.load_state(tmp_path / "cut" / "checkpoints" / "last.pt")["ema"]
     assert all(torch.equal(best_full[k], best_cut[k]) for k in best_full)
+
+
+@pytest.mark.parametrize("every", [0.0, 3600.0])
+def test_last_pt_every_epoch_or_at_stage_ends_with_its_best_weights(tmp_path, monkeypatch, every):
+    """checkpoint_every_s 0 writes last.pt after each epoch; a long interval only at each stage's end, and a best
+    epoch's weights go to disk with the last.pt after it (never behind the position that last.pt records)."""
+    writes, real = [], checkpoint.save_state
+
+    def save_state(path, state, background=False, weights=None):
+        writes.append((state["position"]["epoch"], weights is not None))
+        return real(path, state, background, weights)
+
+    monkeypatch.setattr(checkpoint, "save_state", save_state)
+    stages = [Stage(epochs=2, train="head", lr=1e-2), Stage(epochs=3, train="all", lr=1e-2)]
+    model, groups = fresh()
+    fit(model, groups, stages, make_hooks(), FitOptions(checkpoint_every_s=every), tmp_path, torch.device("cpu"))
+    assert [e for e, _ in writes] == ([1, 2, 3, 4, 5] if every == 0 else [2, 5])
+    best = checkpoint.load_state(tmp_path / "checkpoints" / "last.pt")["position"]["best_epoch"]
+    assert next(has_best for e, has_best in writes if e >= best)  # the first last.pt after the best epoch
+
+
+def test_a_best_epoch_not_yet_written_is_written_when_training_fails(tmp_path):
+    def fail(pos):
+        if pos.epoch == 2:
+            raise Killed
+
+    model, groups = fresh()
+    with pytest.raises(Killed):
+        fit(model, groups, [Stage(epochs=4, train="all", lr=1e-2)], make_hooks([fail]),
+            FitOptions(checkpoint_every_s=3600.0), tmp_path, torch.device("cpu"))
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # no stage ended, the interval did not pass
+    assert set(load_file(tmp_path / "checkpoints" / "best.safetensors")) == set(model.state_dict())
+
+
+def test_optimizers_use_the_fused_kernel_where_the_parameters_allow():
+    from suite.core.groups import make_optimizer
+
+    cpu = [{"params": [nn.Parameter(torch.zeros(3))]}]
+    for name in ("adamw", "adam", "sgd"):
+        assert make_optimizer(name, cpu).defaults["fused"] is True
+    meta = [{"params": [nn.Parameter(torch.zeros(3, device="meta"))]}]
+    assert not make_optimizer("adamw", meta).defaults.get("fused")
 
 
 def test_checkpoints_are_written_and_load_weights_only(tmp_path):

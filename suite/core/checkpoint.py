@@ -113,25 +113,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def save_state(path: str | os.PathLike, state: dict, background: bool = False) -> Path:
+def save_state(path: str | os.PathLike, state: dict, background: bool = False,
+               weights: tuple[Path, dict] | None = None) -> Path:
     """The full resume state (``checkpoints/last.pt``): plain containers and tensors only,
     so it loads back with ``weights_only=True``.
 
     ``background``: copy the tensors to CPU now and write (and fsync) the copy on a writer thread while training
     goes on; the next save, and ``wait_saves()``, wait for it and raise its error. One write at a time, so a kill
     leaves the previous complete file or the new one, as with a direct write.
+    ``weights``: (path, ``weights_copy()``) written first (best.safetensors), so the position last.pt records
+    never names a best checkpoint that is not on disk yet.
     """
     import torch
 
     path = Path(path)
     if not background:
         wait_saves()
+        if weights is not None:
+            save_weights(*weights, copied=True)
         return atomic_write(path, lambda tmp: torch.save(state, tmp), _tensor_bytes(state))
     snapshot = _cpu_copy(state)  # the live tensors change in the next optimizer step
     wait_saves()
+    _PENDING["weights"] = weights
 
     def write() -> None:
         try:
+            if weights is not None:
+                save_weights(*weights, copied=True)
             atomic_write(path, lambda tmp: torch.save(snapshot, tmp), _tensor_bytes(snapshot))
         except BaseException as e:  # raised in the training thread by the next wait_saves()
             _PENDING["error"] = e
@@ -142,7 +150,8 @@ def save_state(path: str | os.PathLike, state: dict, background: bool = False) -
     return path
 
 
-_PENDING: dict = {"thread": None, "error": None}  # the background save_state in flight (one at a time)
+# the background save_state in flight (one at a time), and the (path, weights) it writes with last.pt
+_PENDING: dict = {"thread": None, "error": None, "weights": None}
 
 
 def wait_saves() -> None:
@@ -151,9 +160,21 @@ def wait_saves() -> None:
     if thread is not None:
         thread.join()
         _PENDING["thread"] = None
+    _PENDING["weights"] = None
     error, _PENDING["error"] = _PENDING["error"], None
     if error is not None:
         raise error
+
+
+def load_weights(path: str | os.PathLike) -> dict:
+    """A ``save_weights`` file's tensors; while a background save is still writing ``path``, the copy it writes
+    (the same tensors, without waiting for the disk)."""
+    pending = _PENDING["weights"]
+    if pending is not None and Path(pending[0]) == Path(path):
+        return dict(pending[1])
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def _cpu_copy(obj):
@@ -199,11 +220,17 @@ def load_state(path: str | os.PathLike) -> dict:
     return state
 
 
-def save_weights(path: str | os.PathLike, state_dict: dict) -> Path:
-    """``best.safetensors``: the model's own state_dict names, tensors copied off shared storage."""
+def weights_copy(state_dict: dict) -> dict:
+    """The state_dict's tensors copied to CPU memory, each its own contiguous storage (what safetensors needs)."""
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict, copied: bool = False) -> Path:
+    """``best.safetensors``: the model's own state_dict names, tensors copied off shared storage
+    (``copied``: ``state_dict`` is already a ``weights_copy()``)."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
+    tensors = state_dict if copied else weights_copy(state_dict)
     return atomic_write(path, lambda tmp: save_file(tensors, tmp), _tensor_bytes(tensors))
 
 

@@ -95,8 +95,20 @@ def optimizer_groups(groups: Sequence[ParamGroup], lrs: Mapping[str, float], wei
 
 
 def make_optimizer(name: str, param_groups: list[dict], momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW, with torch's fused kernel where every parameter allows it (floating
+    point, on CPU or CUDA): one kernel per step instead of a Python loop over the parameters. AdamW's step on
+    ResNet-18 took 6.8 ms fused against 22-33 ms by default on 2 CPU cores (benchmarks/README.md)."""
+    kwargs = {"fused": True} if _fusable(param_groups) else {}
     if name == "sgd":
-        return torch.optim.SGD(param_groups, momentum=momentum)
+        return torch.optim.SGD(param_groups, momentum=momentum, **kwargs)
     if name == "adam":
-        return torch.optim.Adam(param_groups)
-    return torch.optim.AdamW(param_groups)
+        return torch.optim.Adam(param_groups, **kwargs)
+    return torch.optim.AdamW(param_groups, **kwargs)
+
+
+_FUSED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _fusable(param_groups: list[dict]) -> bool:
+    params = [p for g in param_groups for p in g["params"]]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in params)
