@@ -220,7 +220,10 @@ def _x(a: BenchRow | None, b: BenchRow | None) -> str:
 
 def report(folder: Path) -> str:
     """Markdown tables (ratios of items/s measured in one run) from RESULTS/*.json."""
-    payloads = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if not p.name.startswith("detection-")]
+    # this script's files only: the folder also holds the detection, speech and training benchmarks' JSON
+    payloads = [d for d in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+                if {"model", "batch_sizes", "rows"} <= d.keys() and d.get("task", "image-classification") ==
+                "image-classification" and "clip_seconds" not in d]
     if not payloads:
         raise SystemExit(f"no results in {folder}")
     out = ["| model | batch | torch eager items/s | torch.compile / eager | ORT fp32 / eager | "

@@ -31,7 +31,7 @@ data: {{format: synthetic:shapes, root: {root}, image_size: 32, resize: 40, augm
 schedule:
   - {{epochs: 3, train: head, lr: 1.0e-3}}
   - {{epochs: 3, train: all, lr: 3.0e-4}}
-train: {{batch_size: 4, ema: 0.9, seed: 3}}
+train: {{batch_size: 4, ema: 0.9, seed: 3, checkpoint_every_s: 0}}  # last.pt after every epoch: the most writes to kill
 """
 
 
