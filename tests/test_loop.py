@@ -184,6 +184,7 @@ def test_optimizers_use_the_fused_kernel_where_the_parameters_allow():
         assert make_optimizer(name, cpu).defaults["fused"] is True
     meta = [{"params": [nn.Parameter(torch.zeros(3, device="meta"))]}]
     assert not make_optimizer("adamw", meta).defaults.get("fused")
+    assert not make_optimizer("adamw", cpu, fused=False).defaults.get("fused")  # the YOLO path: as Ultralytics
 
 
 def test_checkpoints_are_written_and_load_weights_only(tmp_path):

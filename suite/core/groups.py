@@ -94,11 +94,13 @@ def optimizer_groups(groups: Sequence[ParamGroup], lrs: Mapping[str, float], wei
     return out
 
 
-def make_optimizer(name: str, param_groups: list[dict], momentum: float = 0.9) -> torch.optim.Optimizer:
+def make_optimizer(name: str, param_groups: list[dict], momentum: float = 0.9,
+                   fused: bool | None = None) -> torch.optim.Optimizer:
     """SGD (with momentum), Adam or AdamW, with torch's fused kernel where every parameter allows it (floating
     point, on CPU or CUDA): one kernel per step instead of a Python loop over the parameters. AdamW's step on
-    ResNet-18 took 6.8 ms fused against 22-33 ms by default on 2 CPU cores (benchmarks/README.md)."""
-    kwargs = {"fused": True} if _fusable(param_groups) else {}
+    ResNet-18 took 6.8 ms fused against 22-33 ms by default on 2 CPU cores (benchmarks/README.md).
+    ``fused=False``: torch's default implementation, step for step what a plain script computes."""
+    kwargs = {"fused": True} if fused is not False and _fusable(param_groups) else {}
     if name == "sgd":
         return torch.optim.SGD(param_groups, momentum=momentum, **kwargs)
     if name == "adam":
