@@ -180,3 +180,32 @@ def test_compile_and_channels_last_train_like_the_default_and_save_plain_weights
     assert fast.metrics["val"]["val/accuracy"] == pytest.approx(plain.metrics["val"]["val/accuracy"], abs=0.13)
     saved = load_file(tmp_path / "b" / "checkpoints" / "best.safetensors")
     assert "layer4.1.bn2.running_var" in saved and not any("_orig_mod" in k for k in saved)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_the_last_epochs_validation_is_reused_when_it_scored_the_best_weights(tmp_path, shapes, monkeypatch, ema):
+    """Best = the last epoch's weights, scored by the loop on the model itself: the run reports that validation
+    instead of computing it again. With EMA the loop scored the average's copy, so the run evaluates again."""
+    from suite.vision.task import VisionModality
+
+    calls, real = [], VisionModality.evaluate
+
+    def evaluate(self, recipe, model, data, split, device):
+        calls.append(split)
+        return real(self, recipe, model, data, split, device)
+
+    monkeypatch.setattr(VisionModality, "evaluate", evaluate)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""\
+name: once
+task: image-classification
+model: {{arch: resnet18, weights: none}}
+data: {{format: imagefolder, root: {shapes}}}
+schedule: [{{epochs: 1, train: all, lr: 1.0e-3}}]
+train: {{ema: {0.9 if ema else 'null'}}}
+""")
+    result = run(recipe, TINY, tmp_path / "run")
+    assert calls.count("val") == (2 if ema else 1)
+    row = read_history(tmp_path / "run" / "history.csv")[0]
+    assert result.metrics["val"]["val/accuracy"] == pytest.approx(row["val/accuracy"])
+    assert result.metrics["val"]["val/loss"] == pytest.approx(row["val/loss"])
