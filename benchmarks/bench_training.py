@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-training"))
     a = ap.parse_args()
     root = a.out / "data"
@@ -83,9 +84,9 @@ def main() -> None:
     recipe.write_text(RECIPE.format(root=root, size=a.size, epochs=a.epochs))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     suite = [sys.executable, "-m", "suite.cli", "run", str(recipe), "--out", str(a.out / "run"), "--overwrite",
-             "--device", "cpu"]
+             "--device", a.device]
     hand = [sys.executable, str(Path(__file__).with_name("hand_loop.py")), str(root), "--epochs", str(a.epochs),
-            "--size", str(a.size)]
+            "--size", str(a.size), "--device", a.device]
     commands = {"hand": hand, "hand-tuned": [*hand, "--tuned"], "suite": suite}
     times = {name: [] for name in commands}
     epochs = {name: [] for name in commands}
