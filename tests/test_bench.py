@@ -55,8 +55,10 @@ def check_rows(rows, runtime, precision, batches, threads):
     for r in rows:
         assert r.measured and math.isfinite(r.p50_ms) and math.isfinite(r.p95_ms)
         assert 0 < r.p50_ms <= r.p95_ms
-        # items/s is batch / mean latency: within a factor of batch / p50 for any sane distribution
-        assert 1 / 3 < r.items_per_s / (r.batch / (r.p50_ms / 1e3)) < 3
+        # items/s is batch / mean latency. Half the calls take at least p50, so the mean is at least p50 / 2 and
+        # items/s at most 2 x batch / p50 (a unit slip, ms for s, breaks it by 1000x); no lower bound holds: one slow
+        # call while the other pytest worker runs can put the mean at 4x p50 for sub-millisecond calls
+        assert 0 < r.items_per_s <= 2 * r.batch / (r.p50_ms / 1e3) * (1 + 1e-9)
         assert r.threads == threads and r.peak_rss_mb > 0 and r.iters >= 1
 
 
