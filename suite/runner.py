@@ -236,7 +236,7 @@ def _after_training(recipe: Recipe, mod: Modality, data, model, opts: FitOptions
         return RunResult(run_dir, {}, "")
 
     model.load_state_dict(checkpoint.load_weights(run_dir / BEST))  # fit's last write may still be under way
-    val = last_val or mod.evaluate(recipe, model, data, "val", device)  # last_val: these weights, already scored
+    val = last_val if last_val is not None else mod.evaluate(recipe, model, data, "val", device)  # already scored
     test = mod.evaluate(recipe, model, data, "test", device)
     plots.draw("task plots", lambda: mod.plots(val, data, run_dir / "plots"))
     _check_stop("before the export")
