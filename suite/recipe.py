@@ -209,8 +209,7 @@ class TrainCfg:
             raise FieldError("ema", f"must be in (0, 1), e.g. 0.999, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise FieldError("label_smoothing", "must be in [0, 1)")
-        value = self.checkpoint_every_s
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+        if not 0 <= self.checkpoint_every_s < math.inf:  # the loader has checked it is a number
             raise FieldError("checkpoint_every_s", f"must be a number of seconds >= 0 (0: every epoch), "
                              f"got {self.checkpoint_every_s!r}")
 

@@ -251,7 +251,8 @@ class _Trainer:
             return
         best, self.best_weights = self.best_weights, None
         self.saved_at = time.monotonic()
-        checkpoint.save_state(self.dir / LAST, background=True, weights=best and (self.dir / BEST, best), state={
+        weights = (self.dir / BEST, best) if best is not None else None
+        checkpoint.save_state(self.dir / LAST, background=True, weights=weights, state={
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
