@@ -127,6 +127,26 @@ def test_scan_skips_broken_files_converts_modes_and_never_touches_data(tmp_path)
     assert snapshot(folder) == before  # byte-identical, nothing added or removed
 
 
+def test_pipeline_tail_is_bit_identical_to_v2s_four_transforms():
+    """ToNormalized replaces ToImage, ToDtype(scale), Normalize, ToPureTensor by their kernels: same numbers."""
+    from torchvision.transforms import v2
+
+    pre = Preprocess(size=24, resize=28)
+    reference = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(list(pre.mean), list(pre.std)), v2.ToPureTensor()])
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8))
+    for augment in AUGMENTS:
+        for tf in build_transforms(pre, augment):
+            torch.manual_seed(1)
+            ours = tf(image)
+            torch.manual_seed(1)
+            theirs = reference(v2.Compose(tf.transforms[:-1])(image))
+            assert type(ours) is torch.Tensor and ours.dtype == torch.float32 and torch.equal(ours, theirs)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a uint8 tensor in: the same arithmetic
+    assert torch.equal(build_transforms(pre, "none")[1].transforms[-1](tensor), reference(tensor))
+
+
 def test_load_rgb_converts_alpha_on_white_and_applies_exif_orientation(tmp_path):
     clear = write(tmp_path / "clear.png", encode(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), "PNG"))
     assert load_rgb(clear).getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white, not black/red
