@@ -6,7 +6,8 @@ image size, each as a whole fresh process, alternating, --repeats times: whole-p
 ResNet-18 from random init at 64 px, 4 shape classes x 48 training and 16 validation images (192 + 64), 3 epochs,
 batch 32, AdamW (weight decay 0.01) with a cosine LR, no augmentation, validation accuracy every epoch. The suite
 run writes its whole run directory (history, checkpoints, metrics, report with plots); no export, no baselines.
-"hand-tuned" is the same loop with the suite's two process-level changes (fused AdamW, gc.freeze() before exit).
+"hand-tuned" is the same loop with the suite's three process-level changes (fused AdamW, torch imported with the
+collector off, gc.freeze() before exit).
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str]:
 # `suite run` with one addition: the wall clock at the first optimizer step goes to stderr, then it exits
 FIRST_STEP = """\
 import sys, time
+from suite import cli
+cli.preload(sys.argv[1:])  # as entry() does, before anything imports torch
 from suite.core import loop
 def first(self):
     print(f"FIRST_STEP {time.time():.6f}", file=sys.stderr, flush=True)

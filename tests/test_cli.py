@@ -1,4 +1,6 @@
 """The `suite` command: exit codes, one-line errors, validate, ls, data make, eval."""
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +89,19 @@ def test_the_console_script_freezes_the_collector_before_exit_and_main_does_not(
     assert frozen == []
     cli.entry()
     assert frozen == [True] and "Fine-tune pre-trained models" in capsys.readouterr().out
+
+
+def test_preload_imports_torch_without_the_collector_for_training_commands_only():
+    """entry() imports torch with the cyclic collector off for the commands that need torch, then freezes those
+    objects and turns the collector back on; `predict` (torch-free) and --help import nothing."""
+    script = """
+import gc, sys
+from suite import cli
+assert not cli.preload(["predict", "bundle", "x.png"]) and not cli.preload(["run", "r.yaml", "--help"])
+assert not cli.preload([]) and "torch" not in sys.modules and gc.get_freeze_count() == 0
+assert cli.preload(["run", "r.yaml"]) and "torchvision" in sys.modules and gc.isenabled()
+print(gc.get_freeze_count())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 100_000  # torch's and torchvision's objects, frozen
