@@ -112,6 +112,33 @@ def test_scheduler_follows_lr_factor_within_a_stage(tmp_path):
     assert seen == pytest.approx(expected)
 
 
+def test_gradient_accumulation_matches_a_plain_loop_and_the_epoch_frees_the_gradients(tmp_path):
+    """Gradients are dropped just before each accumulation window's first backward (not after the step): the
+    same updates as the textbook loop, and none are held once the epoch is over."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    ref = copy.deepcopy(model)
+    groups = [ParamGroup("body", [*model[0].parameters(), *model[1].parameters()], [model[0], model[1]]),
+              ParamGroup("head", list(model[5].parameters()), [model[5]])]
+    opts = FitOptions(optimizer="sgd", momentum=0.0, weight_decay=0.0, grad_accum=2)
+    fit(model, groups, [Stage(epochs=1, train="all", lr=0.1, warmup=0.0, scheduler="constant")], make_hooks(), opts,
+        tmp_path, torch.device("cpu"))
+
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    batches = list(make_hooks().train_loader(0))  # 5 batches: windows (1, 2), (3, 4), (5)
+    ref.train()
+    for i, (x, y) in enumerate(batches):
+        (nn.functional.cross_entropy(ref(x), y) / 2).backward()
+        if i % 2 == 1 or i == len(batches) - 1:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+    assert all(p.grad is None for p in model.parameters())
+
+
 class Killed(Exception):
     pass
 

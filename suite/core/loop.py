@@ -142,6 +142,7 @@ class _Trainer:
         freeze_batchnorm(self.groups, self.trainable)
         total, count, done = pos.loss_sum, pos.loss_count, pos.batch
         self.opt.zero_grad(set_to_none=True)
+        window = True  # the next backward starts an accumulation window: its gradients replace the last ones
         bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         for i, batch in enumerate(bar):
             if i < done:  # trained before the stop: drawn again (the same augmentation draws), not trained on
@@ -153,10 +154,17 @@ class _Trainer:
             if not self.nonfinite.check(loss):
                 self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
                 continue
+            if window:
+                # Dropped here, just before the backward that makes them again, not after the step: the
+                # backward then reuses the freed blocks. Freed before the forward, the activations took them and
+                # every step paid for fresh memory: 6-9 ms of a 121-142 ms ResNet-18 step on 2 CPU cores.
+                self.opt.zero_grad(set_to_none=True)
+                window = False
             self.scaler.scale(loss / self.o.grad_accum).backward()
             stepped = (i + 1) % self.o.grad_accum == 0 or i + 1 == len(loader)
             if stepped:
                 self._step()
+                window = True
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
             if stepped and self.stopping() and i + 1 < len(loader):
@@ -164,6 +172,7 @@ class _Trainer:
                 self.save_last(pos, force=True)
                 raise Interrupted(_signum(self.stop), self.dir, f"after batch {i + 1}/{len(loader)} of epoch "
                                   f"{pos.epoch + 1}; the checkpoint holds that position")
+        self.opt.zero_grad(set_to_none=True)  # the last step's gradients are not kept through the evaluation
         pos.batch, pos.loss_sum, pos.loss_count = 0, 0.0, 0
         total, count = dist.mean(total, count)  # over the ranks: the epoch's loss over every sample
         return (total / count if count else float("nan")), self.opt.param_groups[-1]["lr"]
@@ -179,7 +188,6 @@ class _Trainer:
             torch.nn.utils.clip_grad_norm_(params, self.o.clip_grad)
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
