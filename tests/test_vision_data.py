@@ -147,6 +147,28 @@ def test_pipeline_tail_is_bit_identical_to_v2s_four_transforms():
     assert torch.equal(build_transforms(pre, "none")[1].transforms[-1](tensor), reference(tensor))
 
 
+def test_load_rgb_keeps_the_decoded_pixels_without_a_copy_and_closes_the_file(tmp_path):
+    """No copy of the pixels: the image outlives its closed file, for an animated GIF (its file stays open
+    after load()) and an uncompressed PPM (memory-mapped) too; the files are not changed."""
+    import os
+
+    from suite_runtime.preprocess import load_image
+
+    frames = [Image.new("P", (8, 6), i) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (16, 8), (1, 2, 3)).save(tmp_path / "raw.ppm")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    fds = len(os.listdir("/proc/self/fd"))
+    for name in before:
+        for load in (load_rgb, load_image):
+            image = load(tmp_path / name)
+            assert image.mode == "RGB" and image.resize((4, 4)).size == (4, 4)
+    assert load_rgb(tmp_path / "raw.ppm").getpixel((0, 0)) == load_image(tmp_path / "raw.ppm").getpixel((0, 0)) \
+        == (1, 2, 3)
+    assert len(os.listdir("/proc/self/fd")) == fds  # every file closed
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_load_rgb_converts_alpha_on_white_and_applies_exif_orientation(tmp_path):
     clear = write(tmp_path / "clear.png", encode(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), "PNG"))
     assert load_rgb(clear).getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white, not black/red

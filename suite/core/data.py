@@ -332,16 +332,12 @@ def check_image(path: str | os.PathLike) -> ImageInfo:
 
 def load_rgb(path: str | os.PathLike):
     """Open, fully decode, apply EXIF orientation, convert any mode to RGB (alpha on white)."""
-    from PIL import ImageOps
-    from suite_runtime.preprocess import to_rgb  # one conversion for training and the deployed runtime
+    from suite_runtime.preprocess import to_rgb, upright  # one decoding for training and the deployed runtime
 
     with open_image(path) as im:
         im.load()
-        try:
-            upright = ImageOps.exif_transpose(im)  # always a copy, so it outlives the closed file
-        except Exception:  # malformed EXIF must not cost the image; orientation is cosmetic
-            upright = im.copy()
-    return to_rgb(upright)
+        upright(im)
+    return to_rgb(im)  # leaving the ``with`` closed the file only: the decoded pixels stay
 
 
 def skip_reason(path: str | os.PathLike, exc: BaseException) -> str:

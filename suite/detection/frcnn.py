@@ -208,21 +208,16 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, i: int):
         s = self.samples[i]
-        with Image.open(s.image) as im:
-            from suite_runtime.preprocess import to_rgb
+        from suite_runtime.preprocess import to_rgb, upright
 
-            img = to_rgb(_exif(im))
+        with Image.open(s.image) as im:
+            im.load()
+            img = to_rgb(upright(im))  # no copy of the pixels; the with closes the file only
         boxes = tv_tensors.BoundingBoxes(torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4),
                                          format="XYXY", canvas_size=(img.height, img.width))
         target = {"boxes": boxes, "labels": torch.as_tensor(s.labels, dtype=torch.int64).reshape(-1) + 1}
         img, target = self.transform(img, target)
         return img, {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"]}
-
-
-def _exif(im: Image.Image) -> Image.Image:
-    from PIL import ImageOps
-
-    return ImageOps.exif_transpose(im)
 
 
 def collate(batch):
