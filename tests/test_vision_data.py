@@ -183,6 +183,46 @@ def test_load_rgb_converts_alpha_on_white_and_applies_exif_orientation(tmp_path)
     assert load_rgb(deep).getpixel((0, 0)) == (255, 255, 255)  # 16-bit white stays white (scaled, not clipped)
 
 
+def test_a_second_scan_decodes_only_what_changed_and_reports_the_same(tmp_path, monkeypatch):
+    """CheckCache: files unchanged since the last scan are not decoded again, changed ones are, failures are never
+    recorded; the cache lives outside the data; SUITE_SCAN_CACHE=0 turns it off; a corrupt cache is ignored."""
+    from suite.core import data as core_data
+
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "imgs"
+    expected = messy_images(folder)
+    before = snapshot(folder)
+    samples = [(str(folder / name), 0) for name in sorted(expected)]
+    bad = sorted(n for n, e in expected.items() if e != "ok")
+    decoded = []
+    real = core_data.open_image
+    monkeypatch.setattr(core_data, "open_image", lambda path: decoded.append(Path(path).name) or real(path))
+
+    def scanned():
+        decoded.clear()
+        report = ScanReport()
+        return scan(samples, report), report.summary(), sorted(decoded)
+
+    first = scanned()
+    assert first[2] == sorted(expected)
+    second = scanned()
+    assert second[:2] == first[:2] and second[2] == bad  # the same result; only the failures decoded again
+    assert snapshot(folder) == before and len(list((tmp_path / "cache" / "scan").iterdir())) == 1
+
+    write(folder / "rgb.jpg", encode(noise("RGB", (30, 20)), "JPEG"))  # changed: decoded again
+    write(folder / "gray.png", half_jpeg())  # now broken: skipped
+    kept, line, third = scanned()
+    assert third == sorted([*bad, "gray.png", "rgb.jpg"]) and "gray.png" not in {Path(p).name for p, _ in kept}
+    assert len(kept) == len(first[0]) - 1 and line.startswith(f"train {len(samples)} images, {len(kept)} kept, 5 skipped")
+
+    monkeypatch.setenv("SUITE_SCAN_CACHE", "0")
+    assert scanned()[2] == sorted(expected)
+    monkeypatch.delenv("SUITE_SCAN_CACHE")
+    for f in (tmp_path / "cache" / "scan").iterdir():
+        f.write_text("{not json")
+    assert scanned()[2] == sorted(expected)
+
+
 def test_scan_detects_truncation_even_if_another_library_enabled_lenient_loading(tmp_path, monkeypatch):
     from PIL import ImageFile
 

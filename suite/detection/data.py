@@ -26,7 +26,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from suite.core.checkpoint import atomic_write_text
-from suite.core.data import (NotAFile, ScanReport, check_image, check_val_split, open_image, scan_workers, split_indices,
+from suite.core.data import (CheckCache, NotAFile, ScanReport, check_val_split, open_image, scan_workers, split_indices,
                              is_regular_file, strict_decoding, walk_files)
 from suite.datasets.formats import yolo_label_text
 from suite.errors import UserError
@@ -88,10 +88,11 @@ class _Skip(Exception):
 RowsFn = Callable[[int, int, Counter], tuple[np.ndarray, np.ndarray, tuple[float, float]]]
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """Decode ``path`` fully and return its upright (width, height), as Ultralytics' ``exif_size``."""
+def _image_size(path: Path, cache: CheckCache) -> tuple[int, int]:
+    """Decode ``path`` fully (unless unchanged since a cached check) and return its upright (width, height), as
+    Ultralytics' ``exif_size``."""
     try:
-        info = check_image(path)
+        info = cache.check(str(path))
     except FileNotFoundError:
         raise _Skip(MISSING_IMAGE) from None
     except NotAFile:
@@ -124,11 +125,11 @@ def _clean_boxes(classes: np.ndarray, xyxy: np.ndarray, width: int, height: int,
     return rows[:, 1:].astype(np.float32), rows[:, 0].astype(np.int64)
 
 
-def _scan_one(job: tuple[Path, RowsFn]) -> tuple[Sample | None, str | None, Counter]:
+def _scan_one(cache: CheckCache, job: tuple[Path, RowsFn]) -> tuple[Sample | None, str | None, Counter]:
     image, rows = job
     removed: Counter = Counter()
     try:
-        width, height = _image_size(image)
+        width, height = _image_size(image, cache)
         classes, xyxy, tolerance = rows(width, height, removed)
         boxes, labels = _clean_boxes(classes, xyxy.reshape(-1, 4), width, height, tolerance, removed)
     except _Skip as skip:
@@ -140,15 +141,17 @@ def _scan(split: str, jobs: list[tuple[Path, RowsFn]], report: ScanReport) -> li
     """Check every (image, rows) job; record each in ``report`` and return the kept samples in order."""
     kept: list[Sample] = []
     report.split(split)  # an empty split is still reported
+    cache = CheckCache([str(image) for image, _ in jobs])
     with strict_decoding(), ThreadPoolExecutor(scan_workers()) as pool:
-        results = tqdm(pool.map(_scan_one, jobs), total=len(jobs), desc=f"scanning {split}", unit="img",
-                       disable=len(jobs) < _PROGRESS_MIN, leave=False)
+        results = tqdm(pool.map(partial(_scan_one, cache), jobs), total=len(jobs), desc=f"scanning {split}",
+                       unit="img", disable=len(jobs) < _PROGRESS_MIN, leave=False)
         for (image, _), (sample, reason, removed) in zip(jobs, results):
             if sample is None:
                 report.skip(split, image, reason)
                 continue
             report.keep(split, background=not len(sample.boxes), removed=removed)
             kept.append(sample)
+    cache.save()
     return kept
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from suite.core import weights as W
-from suite.core.data import loader_workers
+from suite.core.data import cache_dir, loader_workers
 from suite.core.export import ExportSpec, OnnxModel, as_bundle
 from suite.core.groups import ParamGroup
 from suite.core.loop import Hooks
@@ -33,12 +32,6 @@ def _kind(recipe: Recipe) -> str:
         return "frcnn"
     raise UserError(f"model.arch '{arch}' is not a detection model; use yolo11n, yolov8n, ... (Ultralytics) or "
                     f"one of {', '.join(frcnn.ARCHS)}")
-
-
-def cache_dir() -> Path:
-    """Where clean copies of datasets are staged for Ultralytics (never inside the user's data)."""
-    base = os.environ.get("SUITE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune-suite"
-    return Path(base)
 
 
 def staged_yaml(data) -> Path:

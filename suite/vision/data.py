@@ -12,6 +12,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -20,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from suite.core.data import (ScanReport, check_image, class_folders, label_order, load_rgb, scan_workers, skip_reason,
+from suite.core.data import (CheckCache, ScanReport, class_folders, label_order, load_rgb, scan_workers, skip_reason,
                              split_indices, strict_decoding)
 from suite.errors import UserError
 from suite.vision.transforms import Preprocess, to_rgb
@@ -32,21 +33,24 @@ FORMATS = ("imagefolder", "csv", "torchvision:NAME")
 _PROGRESS_MIN = 500
 
 
-def _check(path: str) -> str | Exception:
-    """Decode once for the scan; returns the original mode or the exception (threads must not raise)."""
+def _check(cache: CheckCache, path: str) -> str | Exception:
+    """Decode once for the scan (unless unchanged since a cached one); returns the original mode or the exception
+    (threads must not raise)."""
     try:
-        return check_image(path).mode
+        return cache.check(path).mode
     except Exception as exc:  # any decoder failure means "skip this file", never "stop the run"
         return exc
 
 
 def scan(samples: list[tuple[str, T]], report: ScanReport, split: str = "train") -> list[tuple[str, T]]:
-    """Decode every file once; return the samples that load and record skips/conversions in ``report``."""
+    """Decode every file once (files unchanged since an earlier scan: see CheckCache); return the samples that
+    load and record skips/conversions in ``report``."""
     paths = [str(p) for p, _ in samples]
     kept: list[tuple[str, T]] = []
     report.split(split)  # an empty split is still reported
+    cache = CheckCache(paths)
     with strict_decoding(), ThreadPoolExecutor(scan_workers()) as pool:
-        results = pool.map(_check, paths)
+        results = pool.map(partial(_check, cache), paths)
         bar = tqdm(results, total=len(paths), desc=f"scanning {split}", unit="img",
                    disable=len(paths) <= _PROGRESS_MIN, leave=False)
         for sample, path, result in zip(samples, paths, bar):
@@ -55,6 +59,7 @@ def scan(samples: list[tuple[str, T]], report: ScanReport, split: str = "train")
                 continue
             report.keep(split, mode=result)
             kept.append(sample)
+    cache.save()
     return kept
 
 
