@@ -98,3 +98,17 @@ def test_write_report_links_plots_relatively(tmp_path) -> None:
     assert links == [("curves", "plots/curves.png"), ("cm", "../shared/cm.png")]
     for _, rel in links:  # every link resolves from the report's folder
         assert (path.parent / rel).is_file()
+
+
+def test_progress_in_a_log_is_a_plain_line_every_interval_never_a_carriage_return(capsys, monkeypatch):
+    """Piped to a file or CI (stderr not a terminal): one plain line per `every_s`, not tqdm's frames."""
+    from suite.core import progress as P
+
+    clock = iter(range(0, 1000, 3))  # every item takes 3 s
+    monkeypatch.setattr(P.time, "monotonic", lambda: next(clock))
+    assert list(P.progress(range(10), "scanning train", unit="img", every_s=10)) == list(range(10))
+    err = capsys.readouterr().err
+    assert "\r" not in err, repr(err)
+    assert err.splitlines() == ["scanning train: 4/10 img (0.333 img/s)",
+                                "scanning train: 8/10 img (0.333 img/s)"]
+    assert list(P.progress(iter(range(3)), "quiet", show=False)) == [0, 1, 2] and capsys.readouterr().err == ""

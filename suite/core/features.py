@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+
+from suite.core.progress import progress
 
 MEMORY_LIMIT_BYTES = 2 << 30  # a larger cache is a memory-mapped file under the run directory
 CACHE_DIR = "cache"
@@ -160,7 +161,7 @@ def build(model: nn.Module, spec: CacheSpec, loader: DataLoader, run_dir: Path, 
     ordered = DataLoader(loader.dataset, batch_sampler=order, collate_fn=loader.collate_fn,
                          num_workers=loader.num_workers)
     train = targets = None
-    for batch in tqdm(ordered, desc="caching features", leave=False, dynamic_ncols=True, disable=None):
+    for batch in progress(ordered, "caching features", unit="batch"):
         keep = min(bs, n - done)
         f, y = features_of(model, spec, batch, autocast).cpu()[:keep], spec.targets(batch)[:keep]
         if train is None:

@@ -23,11 +23,11 @@ from typing import Callable
 
 import numpy as np
 import yaml
-from tqdm.auto import tqdm
 
 from suite.core.checkpoint import atomic_write_text
 from suite.core.data import (CheckCache, NotAFile, ScanReport, check_val_split, open_image, scan_workers, split_indices,
                              is_regular_file, strict_decoding, walk_files)
+from suite.core.progress import progress
 from suite.datasets.formats import yolo_label_text
 from suite.errors import UserError
 
@@ -143,8 +143,8 @@ def _scan(split: str, jobs: list[tuple[Path, RowsFn]], report: ScanReport) -> li
     report.split(split)  # an empty split is still reported
     cache = CheckCache([str(image) for image, _ in jobs])
     with strict_decoding(), ThreadPoolExecutor(scan_workers()) as pool:
-        results = tqdm(pool.map(partial(_scan_one, cache), jobs), total=len(jobs), desc=f"scanning {split}",
-                       unit="img", disable=len(jobs) < _PROGRESS_MIN, leave=False)
+        results = progress(pool.map(partial(_scan_one, cache), jobs), f"scanning {split}", total=len(jobs), unit="img",
+                           show=len(jobs) >= _PROGRESS_MIN)
         for (image, _), (sample, reason, removed) in zip(jobs, results):
             if sample is None:
                 report.skip(split, image, reason)

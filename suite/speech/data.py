@@ -24,9 +24,9 @@ import numpy as np
 import soundfile as sf
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from suite.core.data import ScanReport, class_folders, is_regular_file, label_order, scan_workers, split_indices
+from suite.core.progress import progress
 from suite.errors import UserError
 from suite.speech.text import Vocab, ctc_min_frames, normalize
 
@@ -183,8 +183,8 @@ def scan(split: str, jobs: list[_Candidate], report: ScanReport, sample_rate: in
     kept: list[Clip] = []
     probe = partial(_probe, sample_rate=sample_rate, max_seconds=max_seconds)
     with ThreadPoolExecutor(scan_workers()) as pool:
-        results = tqdm(pool.map(probe, jobs), total=len(jobs), desc=f"scanning {split}", unit="clip",
-                       disable=len(jobs) < _PROGRESS_MIN, leave=False)
+        results = progress(pool.map(probe, jobs), f"scanning {split}", total=len(jobs), unit="clip",
+                           show=len(jobs) >= _PROGRESS_MIN)
         for job, result in zip(jobs, results):
             if isinstance(result, Clip):
                 report.keep(split, seconds=result.seconds)

@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
-from tqdm.auto import tqdm
 
 from suite.core.data import (CheckCache, ScanReport, class_folders, label_order, load_rgb, scan_workers, skip_reason,
                              split_indices, strict_decoding)
+from suite.core.progress import progress
 from suite.errors import UserError
 from suite.vision.transforms import Preprocess, to_rgb
 
@@ -51,8 +51,7 @@ def scan(samples: list[tuple[str, T]], report: ScanReport, split: str = "train")
     cache = CheckCache(paths)
     with strict_decoding(), ThreadPoolExecutor(scan_workers()) as pool:
         results = pool.map(partial(_check, cache), paths)
-        bar = tqdm(results, total=len(paths), desc=f"scanning {split}", unit="img",
-                   disable=len(paths) <= _PROGRESS_MIN, leave=False)
+        bar = progress(results, f"scanning {split}", total=len(paths), unit="img", show=len(paths) > _PROGRESS_MIN)
         for sample, path, result in zip(samples, paths, bar):
             if isinstance(result, Exception):
                 report.skip(split, path, skip_reason(path, result))
