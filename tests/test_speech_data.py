@@ -210,6 +210,26 @@ def test_scan_skips_and_counts_bad_clips_without_touching_files(tmp_path):
     assert digest(root) == before
 
 
+def test_a_second_scan_reads_only_the_clips_that_failed_to_read(tmp_path, monkeypatch):
+    """The scan's facts (length, rate, finite, silent) of clips it read are kept in the scan cache: the same
+    report again, from reading only the files that could not be read."""
+    from suite.speech import data as sdata
+
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        tone(root / "train" / name / "ok.wav", 0.5)
+        tone(root / "val" / name / "ok.wav", 0.5)
+    sf.write(str(root / "train" / "a" / "silent.wav"), np.zeros(SR // 2, np.float32), SR)
+    (root / "train" / "a" / "garbage.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 4)
+    reads, real = [], sdata.sf.read
+    monkeypatch.setattr(sdata.sf, "read", lambda path, **kw: reads.append(Path(path).name) or real(path, **kw))
+    first = load_audiofolder(root, SR).report.summary()
+    assert len(reads) == 6
+    reads.clear()
+    assert load_audiofolder(root, SR).report.summary() == first and reads == ["garbage.wav"]
+
+
 def test_scan_skips_ctc_clips_too_short_for_their_transcript(tmp_path):
     rows = ["path,text"]
     for i in range(4):

@@ -335,28 +335,29 @@ def check_image(path: str | os.PathLike) -> ImageInfo:
 def cache_dir() -> Path:
     """The suite's own cache, never inside the user's data: $SUITE_CACHE, else $XDG_CACHE_HOME/finetune-suite,
     else ~/.cache/finetune-suite."""
-    base = os.environ.get("SUITE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune-suite"
-    return Path(base)
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune-suite"
+    return Path(os.environ.get("SUITE_CACHE") or home)
 
 
 class CheckCache:
-    """The image checks that passed in earlier scans of a folder, by each file's identity (path, size, mtime_ns,
-    inode), kept as JSON under ``cache_dir()/scan``: a later run, and the baselines and tune trials of this one,
-    read them back instead of decoding every image again (an ImageNet-sized JPEG takes ~1.4 ms to check, so
-    100k images are over a minute of every run's start on 2 cores). A file whose identity changed is decoded
-    again; a file that failed is never recorded, so it is checked and reported every run. ``SUITE_SCAN_CACHE=0``
-    turns it off. A cache that cannot be read or written costs a full scan, nothing else."""
+    """What earlier scans of a folder found out about each file that passed, by the file's identity (path, size,
+    mtime_ns, inode), kept as JSON under ``cache_dir()/scan``: a later run, and the baselines and tune trials of
+    this one, read it back instead of decoding every file again (an ImageNet-sized JPEG takes ~1.4 ms to check,
+    so 100k images are over a minute of every run's start on 2 cores). A file whose identity changed is decoded
+    again; a file that failed to decode is never recorded, so it is checked and reported every run.
+    ``SUITE_SCAN_CACHE=0`` turns it off. A cache that cannot be read or written costs a full scan, nothing else.
+    ``kind`` names what is recorded (images: ``check``; audio: the scan's own facts through recall/remember)."""
 
     VERSION = 1
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], kind: str = "images"):
         self.file: Path | None = None
         self.entries: dict[str, list] = {}
         self.dirty, self.hits = False, 0
         if not paths or os.environ.get("SUITE_SCAN_CACHE", "1") == "0":
             return
         self.root = os.path.commonpath([os.path.abspath(p) for p in paths])
-        self.file = cache_dir() / "scan" / f"images-{hashlib.sha1(self.root.encode()).hexdigest()[:16]}.json"
+        self.file = cache_dir() / "scan" / f"{kind}-{hashlib.sha1(self.root.encode()).hexdigest()[:16]}.json"
         try:
             saved = json.loads(self.file.read_text(encoding="utf-8"))
             if saved.get("version") == self.VERSION and saved.get("root") == self.root:
@@ -364,23 +365,34 @@ class CheckCache:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass  # none yet, or unreadable: every file is checked
 
-    def check(self, path: str) -> ImageInfo:
-        """``check_image(path)``, or what it returned before when the file has not changed since."""
+    def recall(self, path: str | os.PathLike, length: int) -> tuple[list | None, list | None]:
+        """(the file's identity, the ``length`` values remembered for it while it had that identity, else None).
+        The identity is None for a path that is not a regular file (missing, a folder, a FIFO): check it."""
         try:
             st = os.stat(path)
         except OSError:
-            return check_image(path)  # raises what a missing or unreadable file raises
+            return None, None
         if not stat.S_ISREG(st.st_mode):
-            return check_image(path)
+            return None, None
         ident = [st.st_size, st.st_mtime_ns, st.st_ino]
-        key = os.path.abspath(path)
-        seen = self.entries.get(key)
-        if isinstance(seen, list) and len(seen) == 7 and seen[:3] == ident:
+        seen = self.entries.get(os.path.abspath(path))
+        if isinstance(seen, list) and len(seen) == 3 + length and seen[:3] == ident:
             self.hits += 1
-            return ImageInfo(*seen[3:])
+            return ident, seen[3:]
+        return ident, None
+
+    def remember(self, path: str | os.PathLike, ident: list | None, values: Sequence) -> None:
+        if ident is not None and self.file is not None:
+            self.entries[os.path.abspath(path)] = [*ident, *values]
+            self.dirty = True
+
+    def check(self, path: str) -> ImageInfo:
+        """``check_image(path)``, or what it returned before when the file has not changed since."""
+        ident, seen = self.recall(path, 4)
+        if seen is not None:
+            return ImageInfo(*seen)
         info = check_image(path)
-        self.entries[key] = [*ident, info.format, info.mode, info.width, info.height]
-        self.dirty = True
+        self.remember(path, ident, [info.format, info.mode, info.width, info.height])
         return info
 
     def save(self) -> None:

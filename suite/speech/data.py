@@ -25,7 +25,8 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from suite.core.data import ScanReport, class_folders, is_regular_file, label_order, scan_workers, split_indices
+from suite.core.data import (CheckCache, ScanReport, class_folders, is_regular_file, label_order, scan_workers,
+                             split_indices)
 from suite.core.progress import progress
 from suite.errors import UserError
 from suite.speech.text import Vocab, ctc_min_frames, normalize
@@ -141,34 +142,41 @@ class _Candidate:
     reason: str | None = None  # a row problem found before any audio is read
 
 
-def _probe(job: _Candidate, sample_rate: int, max_seconds: float | None) -> Clip | str:
-    """The clip, or why it is skipped (threads must not raise)."""
+def _probe(job: _Candidate, sample_rate: int, max_seconds: float | None, cache: CheckCache) -> Clip | str:
+    """The clip, or why it is skipped (threads must not raise). What reading the file found out (length, rate,
+    finite, silent) is remembered in ``cache`` for the next scan of the unchanged file."""
     if job.reason:
         return job.reason
     if job.text is not None and not job.text:
         return EMPTY_TEXT
     if job.path.exists() and not is_regular_file(job.path):  # a FIFO's open() would block the scan
         return NOT_A_FILE
-    try:
-        if max_seconds is not None:
-            info = sf.info(str(job.path))
-            if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
-                return TOO_LONG  # decided from the header: a 2-hour file is not read to be rejected
-    except Exception:  # read_audio below names the problem
-        pass
-    try:
-        data, rate = read_audio(job.path)
-    except AudioError as exc:
-        return exc.reason
-    if not np.isfinite(data).all():
+    ident, facts = cache.recall(job.path, 4)
+    if facts is None:
+        try:
+            if max_seconds is not None:
+                info = sf.info(str(job.path))
+                if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
+                    return TOO_LONG  # decided from the header: a 2-hour file is not read to be rejected
+        except Exception:  # read_audio below names the problem
+            pass
+        try:
+            data, rate = read_audio(job.path)
+        except AudioError as exc:
+            return exc.reason
+        finite = bool(np.isfinite(data).all())
+        # silence on the mix the model hears: opposite-phase channels cancel
+        facts = [len(data), rate, finite, finite and bool(np.abs(data.mean(axis=1)).max() < SILENCE)]
+        cache.remember(job.path, ident, facts)
+    length, rate, finite, silent = facts
+    if not finite:
         return NOT_FINITE
-    mono = data.mean(axis=1)
-    if np.abs(mono).max() < SILENCE:  # on the mix the model hears: opposite-phase channels cancel
+    if silent:
         return SILENT
-    seconds = len(mono) / rate
+    seconds = length / rate
     if max_seconds is not None and seconds > max_seconds:
         return TOO_LONG
-    frames = wav2vec2_frames(resampled_length(len(mono), rate, sample_rate))
+    frames = wav2vec2_frames(resampled_length(length, rate, sample_rate))
     if frames < 1:
         return TOO_SHORT
     if job.text is not None and frames < ctc_min_frames(job.text):
@@ -181,7 +189,8 @@ def scan(split: str, jobs: list[_Candidate], report: ScanReport, sample_rate: in
     """Read every clip once; record each in ``report`` and return the kept clips in order."""
     report.split(split)  # an empty split is still reported
     kept: list[Clip] = []
-    probe = partial(_probe, sample_rate=sample_rate, max_seconds=max_seconds)
+    cache = CheckCache([str(job.path) for job in jobs], kind="audio")
+    probe = partial(_probe, sample_rate=sample_rate, max_seconds=max_seconds, cache=cache)
     with ThreadPoolExecutor(scan_workers()) as pool:
         results = progress(pool.map(probe, jobs), f"scanning {split}", total=len(jobs), unit="clip",
                            show=len(jobs) >= _PROGRESS_MIN)
@@ -191,6 +200,7 @@ def scan(split: str, jobs: list[_Candidate], report: ScanReport, sample_rate: in
                 kept.append(result)
             else:
                 report.skip(split, job.path, result)
+    cache.save()
     return kept
 
 
