@@ -112,10 +112,15 @@ def test_scheduler_follows_lr_factor_within_a_stage(tmp_path):
     assert seen == pytest.approx(expected)
 
 
-def test_gradient_accumulation_matches_a_plain_loop_and_the_epoch_frees_the_gradients(tmp_path):
-    """Gradients are dropped just before each accumulation window's first backward (not after the step): the
-    same updates as the textbook loop, and none are held once the epoch is over."""
+@pytest.mark.parametrize("late", [True, False])  # dropped before the window's first backward (CPU) or after the step
+def test_gradient_accumulation_matches_a_plain_loop_and_the_epoch_frees_the_gradients(tmp_path, monkeypatch, late):
+    """Wherever the gradients are dropped (suite.core.loop.late_zero): the same updates as the textbook loop,
+    and none are held once the epoch is over."""
     import copy
+
+    from suite.core import loop
+
+    monkeypatch.setattr(loop, "late_zero", lambda device: late)
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -213,7 +213,8 @@ def test_a_second_scan_decodes_only_what_changed_and_reports_the_same(tmp_path, 
     write(folder / "gray.png", half_jpeg())  # now broken: skipped
     kept, line, third = scanned()
     assert third == sorted([*bad, "gray.png", "rgb.jpg"]) and "gray.png" not in {Path(p).name for p, _ in kept}
-    assert len(kept) == len(first[0]) - 1 and line.startswith(f"train {len(samples)} images, {len(kept)} kept, 5 skipped")
+    assert len(kept) == len(first[0]) - 1
+    assert line.startswith(f"train {len(samples)} images, {len(kept)} kept, 5 skipped")
 
     monkeypatch.setenv("SUITE_SCAN_CACHE", "0")
     assert scanned()[2] == sorted(expected)
@@ -221,6 +222,31 @@ def test_a_second_scan_decodes_only_what_changed_and_reports_the_same(tmp_path, 
     for f in (tmp_path / "cache" / "scan").iterdir():
         f.write_text("{not json")
     assert scanned()[2] == sorted(expected)
+
+    (folder / "plain.bmp").write_bytes(b"")  # passed the scan, broken since: one line naming it
+    with pytest.raises(UserError, match=r"could not read .*plain\.bmp \(empty file\) although it passed the scan"):
+        ImageDataset([(str(folder / "plain.bmp"), 0)], build_transforms(PRE, "none")[1])[0]
+
+
+def test_the_scan_cache_takes_any_folder_name_and_a_missing_home_only_costs_the_cache(tmp_path, monkeypatch):
+    import os
+
+    from suite.core.data import CheckCache
+
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))  # not UTF-8
+    image = write(folder / "a.png", encode(noise("RGB", (8, 8)), "PNG"))
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "cache"))
+    assert len(scan([(str(image), 0)], ScanReport())) == 1
+    assert CheckCache([str(image)]).recall(image, 4)[1] == ["png", "RGB", 8, 8]  # recorded, read back
+
+    monkeypatch.delenv("SUITE_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory")
+
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    assert len(scan([(str(image), 0)], ScanReport())) == 1
 
 
 def test_scan_detects_truncation_even_if_another_library_enabled_lenient_loading(tmp_path, monkeypatch):

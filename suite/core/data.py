@@ -335,35 +335,44 @@ def check_image(path: str | os.PathLike) -> ImageInfo:
 def cache_dir() -> Path:
     """The suite's own cache, never inside the user's data: $SUITE_CACHE, else $XDG_CACHE_HOME/finetune-suite,
     else ~/.cache/finetune-suite."""
-    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune-suite"
-    return Path(os.environ.get("SUITE_CACHE") or home)
+    if os.environ.get("SUITE_CACHE"):
+        return Path(os.environ["SUITE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetune-suite"
 
 
 class CheckCache:
     """What earlier scans of a folder found out about each file that passed, by the file's identity (path, size,
-    mtime_ns, inode), kept as JSON under ``cache_dir()/scan``: a later run, and the baselines and tune trials of
-    this one, read it back instead of decoding every file again (an ImageNet-sized JPEG takes ~1.4 ms to check,
-    so 100k images are over a minute of every run's start on 2 cores). A file whose identity changed is decoded
+    mtime_ns, ctime_ns, inode; ctime moves with any write or chmod and no tool sets it back), kept as JSON under
+    ``cache_dir()/scan`` for one ``decoder`` version (a new Pillow or libsndfile checks everything again): a later
+    run, and the baselines and tune trials of this one, read it back instead of decoding every file again (an
+    ImageNet-sized JPEG takes ~1.4 ms to check, so 100k images are over a minute of every run's start on 2 cores). A file whose identity changed is decoded
     again; a file that failed to decode is never recorded, so it is checked and reported every run.
     ``SUITE_SCAN_CACHE=0`` turns it off. A cache that cannot be read or written costs a full scan, nothing else.
     ``kind`` names what is recorded (images: ``check``; audio: the scan's own facts through recall/remember)."""
 
-    VERSION = 1
+    VERSION = 2
 
-    def __init__(self, paths: Sequence[str], kind: str = "images"):
+    def __init__(self, paths: Sequence[str], kind: str = "images", decoder: str | None = None):
         self.file: Path | None = None
         self.entries: dict[str, list] = {}
         self.dirty, self.hits = False, 0
         if not paths or os.environ.get("SUITE_SCAN_CACHE", "1") == "0":
             return
-        self.root = os.path.commonpath([os.path.abspath(p) for p in paths])
-        self.file = cache_dir() / "scan" / f"{kind}-{hashlib.sha1(self.root.encode()).hexdigest()[:16]}.json"
+        if decoder is None and kind == "images":
+            import PIL
+
+            decoder = f"pillow {PIL.__version__}"
+        self.root, self.decoder = os.path.commonpath([os.path.abspath(p) for p in paths]), decoder
         try:
+            name = f"{kind}-{hashlib.sha1(os.fsencode(self.root)).hexdigest()[:16]}.json"
+            self.file = cache_dir() / "scan" / name
             saved = json.loads(self.file.read_text(encoding="utf-8"))
-            if saved.get("version") == self.VERSION and saved.get("root") == self.root:
+            if (saved.get("version"), saved.get("root"), saved.get("decoder")) == (self.VERSION, self.root, decoder):
                 self.entries = dict(saved["files"])
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            pass  # none yet, or unreadable: every file is checked
+        except FileNotFoundError:
+            pass  # the first scan of this folder
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError):
+            pass  # unreadable, or no home folder for the cache (RuntimeError): every file is checked
 
     def recall(self, path: str | os.PathLike, length: int) -> tuple[list | None, list | None]:
         """(the file's identity, the ``length`` values remembered for it while it had that identity, else None).
@@ -374,11 +383,11 @@ class CheckCache:
             return None, None
         if not stat.S_ISREG(st.st_mode):
             return None, None
-        ident = [st.st_size, st.st_mtime_ns, st.st_ino]
+        ident = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         seen = self.entries.get(os.path.abspath(path))
-        if isinstance(seen, list) and len(seen) == 3 + length and seen[:3] == ident:
+        if isinstance(seen, list) and len(seen) == len(ident) + length and seen[:len(ident)] == ident:
             self.hits += 1
-            return ident, seen[3:]
+            return ident, seen[len(ident):]
         return ident, None
 
     def remember(self, path: str | os.PathLike, ident: list | None, values: Sequence) -> None:
@@ -402,7 +411,7 @@ class CheckCache:
 
         try:
             atomic_write_text(self.file, json.dumps({"version": self.VERSION, "root": self.root,
-                                                     "files": self.entries}))
+                                                     "decoder": self.decoder, "files": self.entries}))
         except Exception:  # noqa: BLE001  (a full or read-only cache disk: the next run scans in full)
             pass
 
@@ -415,6 +424,17 @@ def load_rgb(path: str | os.PathLike):
         im.load()
         upright(im)
     return to_rgb(im)  # leaving the ``with`` closed the file only: the decoded pixels stay
+
+
+def load_scanned(path: str | os.PathLike):
+    """``load_rgb`` for a file the scan passed: a failure now is a one-line error naming the file."""
+    try:
+        return load_rgb(path)
+    except Exception as exc:
+        raise UserError(
+            f"could not read {path} ({skip_reason(path, exc)}) although it passed the scan; it changed or was "
+            "removed since: restore it or remove it from the data (SUITE_SCAN_CACHE=0 checks every file again)"
+        ) from exc
 
 
 def skip_reason(path: str | os.PathLike, exc: BaseException) -> str:

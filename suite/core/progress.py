@@ -1,4 +1,4 @@
-"""Progress for long work: tqdm's bar on a terminal; plain lines in a log.
+"""Progress for long work: tqdm's bar on a terminal (a widget in a notebook); plain lines in a log.
 
 Piped to a file or run in CI, a tqdm bar writes a carriage-return frame many times a second, and a log of a
 100k-image scan holds thousands of them. ``progress`` keeps the bar for a terminal and otherwise prints one
@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     if not show:
         yield from items
         return
-    if on_terminal():
+    if on_terminal() or "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws its widget
         yield from tqdm(items, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)
         return
     total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)

@@ -8,7 +8,6 @@ import numpy as np
 
 import torch
 import torchvision
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -16,6 +15,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.transforms import v2
 
 from suite.core import weights as W
+from suite.core.data import load_scanned
 from suite.core.export import Axis, OnnxIO
 from suite.core.groups import ParamGroup, make_groups
 from suite.core.metrics import DetectionEvaluator, EvalResult
@@ -208,11 +208,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, i: int):
         s = self.samples[i]
-        from suite_runtime.preprocess import to_rgb, upright
-
-        with Image.open(s.image) as im:
-            im.load()
-            img = to_rgb(upright(im))  # no copy of the pixels; the with closes the file only
+        img = load_scanned(s.image)
         boxes = tv_tensors.BoundingBoxes(torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4),
                                          format="XYXY", canvas_size=(img.height, img.width))
         target = {"boxes": boxes, "labels": torch.as_tensor(s.labels, dtype=torch.int64).reshape(-1) + 1}

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from suite.core.data import (CheckCache, ScanReport, class_folders, label_order, load_rgb, scan_workers, skip_reason,
-                             split_indices, strict_decoding)
+from suite.core.data import (CheckCache, ScanReport, class_folders, label_order, load_scanned, scan_workers,
+                             skip_reason, split_indices, strict_decoding)
 from suite.core.progress import progress
 from suite.errors import UserError
 from suite.vision.transforms import Preprocess, to_rgb
@@ -79,14 +79,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, target = self.samples[index]
-        try:
-            image = load_rgb(path)
-        except Exception as exc:  # it decoded during the scan, so the file changed since
-            raise UserError(
-                f"could not read {path} ({skip_reason(path, exc)}) although it passed the scan at start-up; "
-                "it was changed or removed during the run: restore it or remove it from the data"
-            ) from exc
-        return self.transform(image), torch.tensor(target, dtype=self.target_dtype)
+        return self.transform(load_scanned(path)), torch.tensor(target, dtype=self.target_dtype)
 
     @property
     def targets(self) -> list[int | float]:
