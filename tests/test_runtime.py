@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from suite.vision.data import load_rgb
+from suite.core.data import load_rgb
 from suite.vision.transforms import Preprocess, build_transforms
 from suite_runtime import Bundle, Prediction, preprocess_image, softmax
 from suite_runtime.cli import main as cli_main
