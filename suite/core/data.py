@@ -345,8 +345,9 @@ class CheckCache:
     mtime_ns, ctime_ns, inode; ctime moves with any write or chmod and no tool sets it back), kept as JSON under
     ``cache_dir()/scan`` for one ``decoder`` version (a new Pillow or libsndfile checks everything again): a later
     run, and the baselines and tune trials of this one, read it back instead of decoding every file again (an
-    ImageNet-sized JPEG takes ~1.4 ms to check, so 100k images are over a minute of every run's start on 2 cores). A file whose identity changed is decoded
-    again; a file that failed to decode is never recorded, so it is checked and reported every run.
+    ImageNet-sized JPEG takes ~1.4 ms to check, so 100k images are over a minute of every run's start on 2
+    cores). A file whose identity changed is decoded again; a file that failed to decode is never recorded, so
+    it is checked and reported every run.
     ``SUITE_SCAN_CACHE=0`` turns it off. A cache that cannot be read or written costs a full scan, nothing else.
     ``kind`` names what is recorded (images: ``check``; audio: the scan's own facts through recall/remember)."""
 
@@ -355,7 +356,7 @@ class CheckCache:
     def __init__(self, paths: Sequence[str], kind: str = "images", decoder: str | None = None):
         self.file: Path | None = None
         self.entries: dict[str, list] = {}
-        self.dirty, self.hits = False, 0
+        self.dirty = False
         if not paths or os.environ.get("SUITE_SCAN_CACHE", "1") == "0":
             return
         if decoder is None and kind == "images":
@@ -386,7 +387,6 @@ class CheckCache:
         ident = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         seen = self.entries.get(os.path.abspath(path))
         if isinstance(seen, list) and len(seen) == len(ident) + length and seen[:len(ident)] == ident:
-            self.hits += 1
             return ident, seen[len(ident):]
         return ident, None
 

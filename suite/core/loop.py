@@ -152,7 +152,6 @@ class _Trainer:
         freeze_batchnorm(self.groups, self.trainable)
         total, count, done = pos.loss_sum, pos.loss_count, pos.batch
         self.opt.zero_grad(set_to_none=True)
-        window = True  # the next backward starts an accumulation window: its gradients replace the last ones
         bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         for i, batch in enumerate(bar):
             if i < done:  # trained before the stop: drawn again (the same augmentation draws), not trained on
@@ -164,14 +163,12 @@ class _Trainer:
             if not self.nonfinite.check(loss):
                 self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
                 continue
-            if window and self.late_zero:
+            if self.late_zero and i % self.o.grad_accum == 0:  # a window's first batch: the last step's gradients go
                 self.opt.zero_grad(set_to_none=True)
-                window = False
             self.scaler.scale(loss / self.o.grad_accum).backward()
             stepped = (i + 1) % self.o.grad_accum == 0 or i + 1 == len(loader)
             if stepped:
                 self._step()
-                window = True
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
             if stepped and self.stopping() and i + 1 < len(loader):

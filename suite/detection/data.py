@@ -143,8 +143,8 @@ def _scan(split: str, jobs: list[tuple[Path, RowsFn]], report: ScanReport) -> li
     report.split(split)  # an empty split is still reported
     cache = CheckCache([str(image) for image, _ in jobs])
     with strict_decoding(), ThreadPoolExecutor(scan_workers()) as pool:
-        results = progress(pool.map(partial(_scan_one, cache), jobs), f"scanning {split}", total=len(jobs), unit="img",
-                           show=len(jobs) >= _PROGRESS_MIN)
+        results = progress(pool.map(partial(_scan_one, cache), jobs), f"scanning {split}", total=len(jobs),
+                           unit="img", show=len(jobs) >= _PROGRESS_MIN)
         for (image, _), (sample, reason, removed) in zip(jobs, results):
             if sample is None:
                 report.skip(split, image, reason)

@@ -189,7 +189,8 @@ def scan(split: str, jobs: list[_Candidate], report: ScanReport, sample_rate: in
     """Read every clip once; record each in ``report`` and return the kept clips in order."""
     report.split(split)  # an empty split is still reported
     kept: list[Clip] = []
-    cache = CheckCache([str(job.path) for job in jobs], kind="audio", decoder=f"libsndfile {sf.__libsndfile_version__}")
+    cache = CheckCache([str(job.path) for job in jobs], kind="audio",
+                       decoder=f"libsndfile {sf.__libsndfile_version__}")
     probe = partial(_probe, sample_rate=sample_rate, max_seconds=max_seconds, cache=cache)
     with ThreadPoolExecutor(scan_workers()) as pool:
         results = progress(pool.map(probe, jobs), f"scanning {split}", total=len(jobs), unit="clip",
