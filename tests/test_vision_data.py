@@ -216,12 +216,23 @@ def test_a_second_scan_decodes_only_what_changed_and_reports_the_same(tmp_path, 
     assert len(kept) == len(first[0]) - 1
     assert line.startswith(f"train {len(samples)} images, {len(kept)} kept, 5 skipped")
 
+    gone = folder / sorted(n for n, e in expected.items() if e == "ok" and n != "rgb.jpg")[0]
+    gone.unlink()  # deleted: its entry is dropped at the next save, with a new file's entry added
+    samples = [s for s in samples if s[0] != str(gone)]
+    write(folder / "new.png", encode(noise("RGB", (8, 8)), "PNG"))
+    samples.append((str(folder / "new.png"), 0))
+    assert "new.png" in scanned()[2]
+    entries = core_data.CheckCache([s for s, _ in samples]).entries
+    # the deleted file's entry and the broken file's old one are gone: one entry per file that passed
+    assert str(folder / "new.png") in entries and str(gone) not in entries and len(entries) == len(kept)
+
+    names = sorted(Path(p).name for p, _ in samples)
     monkeypatch.setenv("SUITE_SCAN_CACHE", "0")
-    assert scanned()[2] == sorted(expected)
+    assert scanned()[2] == names
     monkeypatch.delenv("SUITE_SCAN_CACHE")
     for f in (tmp_path / "cache" / "scan").iterdir():
         f.write_text("{not json")
-    assert scanned()[2] == sorted(expected)
+    assert scanned()[2] == names
 
     (folder / "plain.bmp").write_bytes(b"")  # passed the scan, broken since: one line naming it
     with pytest.raises(UserError, match=r"could not read .*plain\.bmp \(empty file\) although it passed the scan"):

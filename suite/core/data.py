@@ -385,9 +385,13 @@ class CheckCache:
         if not stat.S_ISREG(st.st_mode):
             return None, None
         ident = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        seen = self.entries.get(os.path.abspath(path))
+        key = os.path.abspath(path)
+        seen = self.entries.get(key)
         if isinstance(seen, list) and len(seen) == len(ident) + length and seen[:len(ident)] == ident:
             return ident, seen[len(ident):]
+        if seen is not None:  # the file changed: what was remembered no longer holds (remember() may add it back)
+            del self.entries[key]
+            self.dirty = True
         return ident, None
 
     def remember(self, path: str | os.PathLike, ident: list | None, values: Sequence) -> None:
@@ -405,10 +409,13 @@ class CheckCache:
         return info
 
     def save(self) -> None:
+        """Write the entries back when this scan added or changed one, without those of files that are gone (a
+        stat each, only on such a save), so that the cache holds what is on disk, not every file ever scanned."""
         if self.file is None or not self.dirty:
             return
         from suite.core.checkpoint import atomic_write_text
 
+        self.entries = {p: v for p, v in self.entries.items() if os.path.lexists(p)}
         try:
             atomic_write_text(self.file, json.dumps({"version": self.VERSION, "root": self.root,
                                                      "decoder": self.decoder, "files": self.entries}))
