@@ -180,12 +180,10 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     elif trainer is not None:  # the library's trainer runs each stage (Ultralytics), with our groups and LRs
         trainer(model, groups, recipe.stages(), opts, run_dir, device, resume, on_epoch_end)
     else:
-        memo = _LastValidation(mod, model)
-        hooks = dataclasses.replace(mod.hooks(recipe, data, device), on_epoch_end=[memo.stamp, *on_epoch_end])
-        try:
-            memo.pos = fit(model, groups, recipe.stages(), hooks, opts, run_dir, device, resume, wait=False)
-        finally:
-            memo.close()
+        memo = _LastValidation(model)
+        hooks = mod.hooks(recipe, data, device)
+        hooks = dataclasses.replace(hooks, evaluate=memo.wrap(hooks.evaluate), on_epoch_end=[memo.stamp, *on_epoch_end])
+        memo.pos = fit(model, groups, recipe.stages(), hooks, opts, run_dir, device, resume, wait=False)
         last_val = memo.result()
     try:
         return _after_training(recipe, mod, data, model, opts, run_dir, device, resume, start, last_val)
@@ -196,27 +194,24 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
 class _LastValidation:
     """The training loop's last validation of ``model`` itself, so that the run does not evaluate the same weights
     again at the end (0.15 s alone, 0.6-0.8 s beside the plots and the last checkpoint on 2 cores): it applies when
-    the best epoch is the last one and its validation went through ``mod.evaluate`` on this very model (not an
-    EMA copy, not a head on cached features). Wraps the modality's evaluate for the length of fit()."""
+    the best epoch is the last one and its validation went through the hooks' evaluate on this very model (not an
+    EMA copy, not a head on cached features)."""
 
-    def __init__(self, mod: Modality, model):
-        self.mod, self.model, self.pos = mod, model, None
+    def __init__(self, model):
+        self.model, self.pos = model, None
         self.last, self.fresh, self.epoch = None, False, None
-        self.evaluate = mod.evaluate
-        mod.evaluate = self._evaluate  # an instance attribute: this run's modality object only
 
-    def _evaluate(self, recipe, model, data, split, device):
-        result = self.evaluate(recipe, model, data, split, device)
-        if split == "val":
+    def wrap(self, evaluate: Callable):
+        """The hooks' evaluate, remembering each result with the model it scored."""
+        def remembered(model):
+            result = evaluate(model)
             self.last, self.fresh = (model, result), True
-        return result
+            return result
+        return remembered
 
     def stamp(self, pos: Position) -> None:
         """on_epoch_end: the epoch whose validation ``last`` is, if this epoch validated through evaluate."""
         self.epoch, self.fresh = (pos.epoch if self.fresh else None), False
-
-    def close(self) -> None:
-        del self.mod.evaluate
 
     def result(self):
         pos = self.pos

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from suite.core import checkpoint
 from suite.core.groups import ParamGroup, check_groups
 from suite.core.loop import FitOptions, Hooks, fit, stage_optimizer
+from suite.core.metrics import EvalResult
 from suite.core.schedule import Stage
 from suite.errors import TrainingDiverged, UserError
 
@@ -42,7 +43,7 @@ def make_hooks(on_epoch_end=(), loss_fn=None):
     def evaluate(model):
         model.eval()
         with torch.no_grad():
-            return {"val/loss": nn.functional.cross_entropy(model(DATA.tensors[0]), DATA.tensors[1]).item()}
+            return EvalResult({"loss": nn.functional.cross_entropy(model(DATA.tensors[0]), DATA.tensors[1]).item()})
 
     def loader(epoch):
         return DataLoader(DATA, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(epoch))
@@ -257,7 +258,7 @@ def test_nonfinite_losses_are_skipped_then_stop(tmp_path):
 def test_early_stop_ends_the_stage_not_the_run(tmp_path):
     model, groups = fresh()
     hooks = make_hooks()
-    hooks.evaluate = lambda model: {"val/accuracy": 0.5}  # never improves after the first epoch
+    hooks.evaluate = lambda model: EvalResult({"accuracy": 0.5})  # never improves after the first epoch
     stages = [Stage(epochs=5, train="head", lr=1e-2), Stage(epochs=2, train="all", lr=1e-3)]
     pos = fit(model, groups, stages, hooks, FitOptions(select_metric="val/accuracy", early_stop_patience=2),
               tmp_path, torch.device("cpu"))

@@ -8,6 +8,7 @@ from torch import nn
 
 from suite.core.groups import make_groups
 from suite.core.loop import FitOptions, Hooks
+from suite.core.metrics import EvalResult
 from suite.core.lr_find import lr_find, suggest
 from suite.core.schedule import Stage
 
@@ -25,7 +26,7 @@ def tiny():
         order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
         return [(x[order[i:i + 8]], y[order[i:i + 8]]) for i in range(0, 64, 8)]
 
-    hooks = Hooks(loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), evaluate=lambda m: {},
+    hooks = Hooks(loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), evaluate=lambda m: EvalResult({}),
                   train_loader=loader)
     return model, groups, hooks
 

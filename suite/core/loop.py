@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from suite.core.schedule import Stage, group_lrs, lr_factor, trainable_groups
 from suite.core.report import EPOCH_SECONDS
 from suite.core.stages import BEST, LAST, Interrupted, Position, Selection, end_epoch, stop_requested, tensorboard
 from suite.errors import TrainingDiverged, UserError
+
+if TYPE_CHECKING:
+    from suite.core.metrics import EvalResult
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -75,7 +79,7 @@ class Hooks:
     """The modality's side of the loop."""
 
     loss: Callable[[nn.Module, object], torch.Tensor]  # one batch -> scalar loss (moves the batch itself)
-    evaluate: Callable[[nn.Module], dict[str, float]]  # -> prefixed metrics, e.g. {"val/loss", "val/accuracy"}
+    evaluate: Callable[[nn.Module], EvalResult]  # the validation split's result; history gets .prefixed("val")
     train_loader: Callable[[int], Iterable]  # epoch -> loader (seeded per epoch, so resume is exact)
     on_epoch_end: Sequence[Callable[[Position], None]] = ()
     # model -> what cached feature extraction needs (suite.core.features); a string: why it does not apply
@@ -381,7 +385,7 @@ def _stage_epochs(t: _Trainer, pos: Position, stage: Stage, spec, cache, build_s
         else:
             train_loss, lr = t.train_epoch(dist.shard(loader), desc, pos)
             # rank 0 validates, every rank gets its metrics (the same best epoch and early stop everywhere)
-            metrics = dist.broadcast(t.hooks.evaluate(t.eval_model) if dist.is_main() else None)
+            metrics = dist.broadcast(t.hooks.evaluate(t.eval_model).prefixed("val") if dist.is_main() else None)
         seconds = round(time.perf_counter() - began, 3)  # training + evaluation (after a resume: its part)
         row = {"epoch": pos.epoch + 1, "stage": pos.stage, "lr": lr, EPOCH_SECONDS: seconds, "train/loss": train_loss,
                **metrics}

@@ -130,8 +130,8 @@ class DetectionModality:
             gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
             return frcnn.loader(data.train, tf, recipe.train.batch_size, True, loader_workers(recipe.data.num_workers), gen)
 
-        def evaluate(model: nn.Module) -> dict[str, float]:
-            return self.evaluate(recipe, model, data, "val", device).prefixed("val")
+        def evaluate(model: nn.Module) -> EvalResult:
+            return self.evaluate(recipe, model, data, "val", device)
 
         return Hooks(loss=lambda model, batch: frcnn.loss(model, batch, device), evaluate=evaluate,
                      train_loader=train_loader, cache=NO_CACHE)

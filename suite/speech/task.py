@@ -153,8 +153,8 @@ class SpeechModality:
         def loss(model: nn.Module, batch) -> torch.Tensor:
             return model(**_inputs(model, batch, device), labels=batch["labels"].to(device)).loss
 
-        def evaluate(model: nn.Module) -> dict[str, float]:
-            return self.evaluate(recipe, model, data, "val", device).prefixed("val")
+        def evaluate(model: nn.Module) -> EvalResult:
+            return self.evaluate(recipe, model, data, "val", device)
 
         def train_loader(epoch: int) -> DataLoader:
             from transformers.trainer_pt_utils import LengthGroupedSampler

@@ -106,8 +106,8 @@ class VisionModality:
             x = batch[0].to(device, non_blocking=True, memory_format=layout["format"])
             return head_loss(model(x), batch[1])
 
-        def evaluate(model: nn.Module) -> dict[str, float]:
-            return self.evaluate(recipe, model, data, "val", device).prefixed("val")
+        def evaluate(model: nn.Module) -> EvalResult:
+            return self.evaluate(recipe, model, data, "val", device)
 
         def cache(model: nn.Module) -> CacheSpec:
             blocker = None
