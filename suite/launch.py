@@ -2,12 +2,16 @@
 torchrun (torch.distributed.run), N processes per machine; suite.core.dist does the rest inside each worker."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from suite.errors import UserError
+
+LAUNCHED = "SUITE_LAUNCHED"  # in the workers' environment: the launcher prints the line that continues the run
 
 
 def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device: str, resume: str | None,
@@ -30,10 +34,40 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
         if node_rank == 0:
             fresh_run_dir(run_dir, overwrite)  # refuses (or, asked to, replaces) a finished run once, here
         worker += [str(recipe), "--out", str(run_dir)]
+    again = f"suite run --resume {resume or run_dir} --nproc {nproc}" + (f" --device {device}" if device != "auto" else "")
+    if nnodes > 1:
+        again += f" --nnodes {nnodes} --node-rank {node_rank} --rdzv-endpoint {rdzv_endpoint}"
     for item in overrides:
         worker += ["-s", item]
     worker += ["--device", device]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
            f"--node-rank={node_rank}"]
     cmd += ["--standalone"] if nnodes == 1 else ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
-    return subprocess.call([*cmd, *worker[1:]])
+    return _supervise([*cmd, *worker[1:]], again)
+
+
+def _supervise(cmd: list[str], again: str) -> int:
+    """Run torchrun in a process group of its own and pass it each SIGINT/SIGTERM the launcher gets, so that
+    every worker gets one signal (a Ctrl-C from the terminal no longer reaches the workers both directly and
+    through torchrun, which each worker would take as the second, stop-at-once request): they finish the step,
+    write the checkpoint and stop. Exit code: torchrun's, or 128 + the signal with the command that continues."""
+    proc = subprocess.Popen(cmd, process_group=0, env={**os.environ, LAUNCHED: "1"})
+    got: list[int] = []
+
+    def forward(signum, frame):
+        got.append(signum)
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if got:
+        print(f"interrupted; continue with: {again}", file=sys.stderr)
+        return 128 + got[0]
+    return code

@@ -53,6 +53,47 @@ def test_two_gloo_processes_train_like_one(tmp_path):
                                                                                          "best.safetensors")
     assert all(torch.allclose(x[k].float(), y[k].float(), atol=1e-5) for k in x)
 
+    # Stopped inside epoch 2 (SIGTERM to the launcher, which passes it on once), then --resume under DDP: the
+    # same history (the epoch's loss over both ranks' batches) and weights as the uninterrupted DDP run above.
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(STOP_AFTER_STEP)
+    cut = tmp_path / "cut"
+    stopped = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
+                              "--out", str(cut)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                             env={**env, "PYTHONPATH": str(tmp_path / "hook"), "STOP_AFTER_STEP": "4"})
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    hint = f"interrupted; continue with: suite run --resume {cut} --nproc 2 --device cpu"
+    assert (stopped.stdout + stopped.stderr).count("interrupted; continue with") == 1 and hint in stopped.stderr
+    assert torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["position"]["batch"] == 1
+    again = subprocess.run([sys.executable, "-m", "suite.cli", "run", "--resume", str(cut), "--nproc", "2", "--device",
+                            "cpu"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_history(cut / "history.csv", False) == read_history(out / "history.csv", False)
+    x, y = load_file(out / "checkpoints" / "best.safetensors"), load_file(cut / "checkpoints" / "best.safetensors")
+    assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+# Loaded by every process of the stopped run above (PYTHONPATH): rank 0 signals the launcher (its grandparent:
+# worker -> torchrun -> `suite run --nproc`) after its Nth optimizer step and waits for the signal to come back
+# round, so the stop lands at that step.
+STOP_AFTER_STEP = """\
+import os, signal, time
+if os.environ.get("RANK") == "0" and os.environ.get("STOP_AFTER_STEP"):
+    from suite.core import loop
+    real, steps = loop._Trainer._step, [0]
+    def _step(self):
+        real(self)
+        steps[0] += 1
+        if steps[0] == int(os.environ["STOP_AFTER_STEP"]):
+            launcher = int(open(f"/proc/{os.getppid()}/stat").read().rsplit(")", 1)[1].split()[1])
+            os.kill(launcher, signal.SIGTERM)
+            for _ in range(1000):  # 10 s at most
+                if self.stop:
+                    break
+                time.sleep(0.01)
+    loop._Trainer._step = _step
+"""
+
 
 OTHER_LOOPS = {  # the suite's own loop for the other modalities: a frozen stage, then everything trained
     "speech": """\

@@ -154,7 +154,8 @@ class _Trainer:
         loss_fn = loss_fn or self.hooks.loss
         self.model.train()
         freeze_batchnorm(self.groups, self.trainable)
-        total, count, done = pos.loss_sum, pos.loss_count, pos.batch
+        done = pos.batch  # after a stop inside the epoch, rank 0 carries the loss of every rank's part before it
+        total, count = (pos.loss_sum, pos.loss_count) if dist.is_main() else (0.0, 0)
         self.opt.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         for i, batch in enumerate(bar):
@@ -176,7 +177,8 @@ class _Trainer:
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
             if stepped and self.stopping() and i + 1 < len(loader):
-                pos.batch, pos.loss_sum, pos.loss_count = i + 1, total, count
+                pos.batch = i + 1
+                pos.loss_sum, pos.loss_count = dist.mean(total, count)  # summed over the ranks (every rank is here)
                 self.save_last(pos, force=True)
                 raise Interrupted(_signum(self.stop), self.dir, f"after batch {i + 1}/{len(loader)} of epoch "
                                   f"{pos.epoch + 1}; the checkpoint holds that position")
@@ -216,7 +218,7 @@ class _Trainer:
         if self.o.cache_features == "false":
             return None
         if dist.world() > 1:
-            if self.trainable == self.names[-1:]:
+            if self.trainable == self.names[-1:] and dist.is_main():
                 tqdm.write(f"stage {i}: features not cached: {dist.world()} processes train it (DDP)")
             return None
         if self.trainable != self.names[-1:]:  # not a candidate: the frozen part is not all but the head
