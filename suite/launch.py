@@ -50,24 +50,30 @@ def _supervise(cmd: list[str], again: str) -> int:
     """Run torchrun in a process group of its own and pass it each SIGINT/SIGTERM the launcher gets, so that
     every worker gets one signal (a Ctrl-C from the terminal no longer reaches the workers both directly and
     through torchrun, which each worker would take as the second, stop-at-once request): they finish the step,
-    write the checkpoint and stop. Exit code: torchrun's, or 128 + the signal with the command that continues."""
+    write the checkpoint and stop. A hangup (the terminal closed) is passed on as SIGTERM: outside the terminal's
+    process group, torchrun would otherwise train on unseen. Exit code: torchrun's, or 128 + the signal with the
+    command that continues."""
     proc = subprocess.Popen(cmd, process_group=0, env={**os.environ, LAUNCHED: "1"})
     got: list[int] = []
+    passed_on = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
 
     def forward(signum, frame):
         got.append(signum)
         try:
-            proc.send_signal(signum)
+            proc.send_signal(passed_on[signum])
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in passed_on}
     try:
         code = proc.wait()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
     if got:
-        print(f"interrupted; continue with: {again}", file=sys.stderr)
+        try:
+            print(f"interrupted; continue with: {again}", file=sys.stderr)
+        except OSError:  # no terminal left to print to (a hangup)
+            pass
         return 128 + got[0]
     return code

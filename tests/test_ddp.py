@@ -196,3 +196,41 @@ def test_each_run_leaves_the_process_group_it_joined_even_on_an_error(tmp_path, 
         assert td.is_initialized()
     finally:
         td.destroy_process_group()
+
+
+def test_the_launcher_passes_each_signal_on_once_to_torchrun_in_its_own_process_group(tmp_path, capsys):
+    """`suite run --nproc`'s supervision of torchrun (here a stand-in child): the child runs in a process group of
+    its own (a terminal's Ctrl-C reaches only the launcher), a hangup is passed on as SIGTERM, and the launcher
+    exits 128 + the signal with the command that continues."""
+    import signal
+    import threading
+    import time
+
+    from suite.launch import _supervise
+
+    child = tmp_path / "child.py"
+    child.write_text(f"""\
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+open({str(tmp_path / "ready")!r}, "w").write(str(os.getpgid(0)))
+deadline = time.time() + 20
+while not got and time.time() < deadline:
+    time.sleep(0.01)
+open({str(tmp_path / "got")!r}, "w").write(" ".join(map(str, got)))
+""")
+
+    def hang_up_when_ready():
+        for _ in range(2000):
+            if (tmp_path / "ready").exists():
+                os.kill(os.getpid(), signal.SIGHUP)
+                return
+            time.sleep(0.01)
+
+    before = signal.getsignal(signal.SIGHUP)
+    threading.Thread(target=hang_up_when_ready, daemon=True).start()
+    assert _supervise([sys.executable, str(child)], "suite run --resume R --nproc 2") == 128 + signal.SIGHUP
+    assert (tmp_path / "got").read_text() == str(int(signal.SIGTERM))
+    assert int((tmp_path / "ready").read_text()) != os.getpgid(0)
+    assert capsys.readouterr().err.strip() == "interrupted; continue with: suite run --resume R --nproc 2"
+    assert signal.getsignal(signal.SIGHUP) == before  # the launcher's handlers are gone again
