@@ -51,8 +51,8 @@ def _supervise(cmd: list[str], again: str) -> int:
     every worker gets one signal (a Ctrl-C from the terminal no longer reaches the workers both directly and
     through torchrun, which each worker would take as the second, stop-at-once request): they finish the step,
     write the checkpoint and stop. A hangup (the terminal closed) is passed on as SIGTERM: outside the terminal's
-    process group, torchrun would otherwise train on unseen. Exit code: torchrun's, or 128 + the signal with the
-    command that continues."""
+    process group, torchrun would otherwise train on unseen. A signal the launcher was started ignoring (nohup's
+    SIGHUP) stays ignored. Exit code: torchrun's, or 128 + the signal with the command that continues."""
     proc = subprocess.Popen(cmd, process_group=0, env={**os.environ, LAUNCHED: "1"})
     got: list[int] = []
     passed_on = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
@@ -64,7 +64,7 @@ def _supervise(cmd: list[str], again: str) -> int:
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, forward) for s in passed_on}
+    previous = {s: signal.signal(s, forward) for s in passed_on if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         code = proc.wait()
     finally:

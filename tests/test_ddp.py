@@ -227,10 +227,13 @@ open({str(tmp_path / "got")!r}, "w").write(" ".join(map(str, got)))
                 return
             time.sleep(0.01)
 
-    before = signal.getsignal(signal.SIGHUP)
-    threading.Thread(target=hang_up_when_ready, daemon=True).start()
-    assert _supervise([sys.executable, str(child)], "suite run --resume R --nproc 2") == 128 + signal.SIGHUP
-    assert (tmp_path / "got").read_text() == str(int(signal.SIGTERM))
-    assert int((tmp_path / "ready").read_text()) != os.getpgid(0)
-    assert capsys.readouterr().err.strip() == "interrupted; continue with: suite run --resume R --nproc 2"
-    assert signal.getsignal(signal.SIGHUP) == before  # the launcher's handlers are gone again
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (not under nohup)
+    try:
+        threading.Thread(target=hang_up_when_ready, daemon=True).start()
+        assert _supervise([sys.executable, str(child)], "suite run --resume R --nproc 2") == 128 + signal.SIGHUP
+        assert (tmp_path / "got").read_text() == str(int(signal.SIGTERM))
+        assert int((tmp_path / "ready").read_text()) != os.getpgid(0)
+        assert capsys.readouterr().err.strip() == "interrupted; continue with: suite run --resume R --nproc 2"
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the launcher's handlers are gone again
+    finally:
+        signal.signal(signal.SIGHUP, before)

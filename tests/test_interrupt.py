@@ -79,14 +79,25 @@ def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, t
 
 
 def test_a_second_sigint_stops_at_once():
-    with stop_signals() as request:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)  # the handler runs between bytecodes
-        assert request.signum == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (whatever ran pytest)
+    try:
+        with stop_signals() as request:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            time.sleep(0.01)  # the handler runs between bytecodes
+            assert request.signum == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job: SIGINT stays ignored
+        with stop_signals() as request:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert not request
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_cli_sigterm_exits_143_with_the_resume_hint_and_resume_finishes(tmp_path):

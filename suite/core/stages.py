@@ -164,7 +164,8 @@ def stop_requested() -> StopRequest:
 def stop_signals() -> Iterator[StopRequest]:
     """While training: the first SIGTERM or SIGINT asks the trainer to stop after the current step (it writes
     a checkpoint, then raises Interrupted); a second one stops at once (KeyboardInterrupt). Outside the main
-    thread signals cannot be caught, and the request simply never comes."""
+    thread signals cannot be caught, and the request simply never comes. A signal the process was started
+    ignoring (SIGINT in a shell's background job, nohup's SIGHUP) stays ignored."""
     global _REQUEST
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
@@ -180,7 +181,8 @@ def stop_signals() -> Iterator[StopRequest]:
         tqdm.write(f"{signal.Signals(signum).name} received: finishing the current step and writing a checkpoint "
                    "(send it again to stop at once)")
 
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     outer, _REQUEST = _REQUEST, request
     try:
         yield request
