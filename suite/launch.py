@@ -17,6 +17,8 @@ LAUNCHED = "SUITE_LAUNCHED"  # in the workers' environment: the launcher prints 
 def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device: str, resume: str | None,
            overwrite: bool, nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None) -> int:
     """Choose and check the run directory once, here, then start the workers; their exit code."""
+    from suite import rundir
+    from suite.detection.yolo import is_yolo
     from suite.runner import fresh_run_dir, next_free
     from suite.tasks import load_recipe
 
@@ -28,9 +30,15 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     worker = [sys.executable, "-m", "suite.cli", "run"]
     if resume:
         worker += ["--resume", str(resume)]
+        saved = Path(resume) / rundir.RECIPE
+        parsed = load_recipe(saved, overrides) if saved.is_file() else None  # no recipe: the workers say so
     else:
-        name = load_recipe(recipe, overrides).name  # a recipe mistake stops here, before any process starts
-        run_dir = Path(out) if out else next_free(Path("runs") / name)
+        parsed = load_recipe(recipe, overrides)  # a recipe mistake stops here, before any process starts
+    if parsed is not None and parsed.task == "detection" and is_yolo(parsed.model.arch):
+        raise UserError(f"--nproc: {parsed.model.arch} trains inside Ultralytics' own loop, which the suite does not "
+                        "launch under DDP; run it as one process (drop --nproc/--nnodes)")
+    if not resume:
+        run_dir = Path(out) if out else next_free(Path("runs") / parsed.name)
         if node_rank == 0:
             fresh_run_dir(run_dir, overwrite)  # refuses (or, asked to, replaces) a finished run once, here
         worker += [str(recipe), "--out", str(run_dir)]

@@ -237,3 +237,22 @@ open({str(tmp_path / "got")!r}, "w").write(" ".join(map(str, got)))
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the launcher's handlers are gone again
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_yolo_recipe_under_nproc_is_refused_before_any_process_starts(tmp_path, capsys):
+    """YOLO trains inside Ultralytics' loop, which `--nproc` does not launch: one line, exit 2, nothing started
+    and nothing written (an existing run is not replaced even with --overwrite)."""
+    from suite.cli import main
+
+    recipe = tmp_path / "y.yaml"
+    recipe.write_text("name: y\ntask: detection\nmodel: {arch: yolo11n, weights: none}\n"
+                      "data: {format: yolo, root: data}\nschedule: [{epochs: 1, train: all, lr: 1.0e-3}]\n")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "recipe.yaml").write_text("kept")
+    with pytest.raises(SystemExit) as stop:
+        main(["run", str(recipe), "--nproc", "2", "--device", "cpu", "--out", str(old), "--overwrite"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--nproc: yolo11n trains inside Ultralytics' own loop" in err
+    assert (old / "recipe.yaml").read_text() == "kept"
