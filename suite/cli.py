@@ -341,8 +341,8 @@ def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="suite", standalone_mode=False)
     except Interrupted as e:
-        if "SUITE_LAUNCHED" not in os.environ and os.environ.get("RANK", "0") == "0":  # else the launcher says it
-            click.echo(f"interrupted; continue with: {e.again}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under `suite run --nproc`: rank 0, with the launch's own command
+            click.echo(f"interrupted; continue with: {os.environ.get('SUITE_RESUME', e.again)}", err=True)
         sys.exit(e.exit_code)
     except UserError as e:
         click.echo(f"error: {e}", err=True)

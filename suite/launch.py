@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from suite.errors import UserError
 
-LAUNCHED = "SUITE_LAUNCHED"  # in the workers' environment: the launcher prints the line that continues the run
+RESUME = "SUITE_RESUME"  # in the workers' environment: the command that continues this launch, for rank 0 to print
 
 
 def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device: str, resume: str | None,
@@ -51,37 +52,62 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
            f"--node-rank={node_rank}"]
     cmd += ["--standalone"] if nnodes == 1 else ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
-    return _supervise([*cmd, *worker[1:]], again)
+    env = {**os.environ, RESUME: again}
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "300")  # torchrun's grace before SIGKILL (30 s): the stop's
+    return _supervise([*cmd, *worker[1:]], env)              # checkpoint of a large model can take longer
 
 
-def _supervise(cmd: list[str], again: str) -> int:
+def _supervise(cmd: list[str], env: dict[str, str]) -> int:
     """Run torchrun in a process group of its own and pass it each SIGINT/SIGTERM the launcher gets, so that
     every worker gets one signal (a Ctrl-C from the terminal no longer reaches the workers both directly and
     through torchrun, which each worker would take as the second, stop-at-once request): they finish the step,
-    write the checkpoint and stop. A hangup (the terminal closed) is passed on as SIGTERM: outside the terminal's
-    process group, torchrun would otherwise train on unseen. A signal the launcher was started ignoring (nohup's
-    SIGHUP) stays ignored. Exit code: torchrun's, or 128 + the signal with the command that continues."""
-    proc = subprocess.Popen(cmd, process_group=0, env={**os.environ, LAUNCHED: "1"})
-    got: list[int] = []
+    write the checkpoint, and rank 0 prints the command that continues. A hangup (the terminal closed) is passed
+    on as SIGTERM; if the launcher dies (SIGKILL, Ctrl-\\), torchrun gets a SIGTERM too (Linux). The signals are
+    blocked while torchrun starts, so none is lost in between. A signal the launcher was started ignoring
+    (nohup's SIGHUP) stays ignored. Exit code: torchrun's, or 128 + the signal."""
     passed_on = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():  # no handlers here: torchrun on its own
+        return subprocess.Popen(cmd, env=env, preexec_fn=_child_setup([])).wait()
+    got: list[int] = []
+    box: list[subprocess.Popen] = []
 
     def forward(signum, frame):
         got.append(signum)
         try:
-            proc.send_signal(passed_on[signum])
+            box[0].send_signal(passed_on[signum])
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, forward) for s in passed_on if signal.getsignal(s) is not signal.SIG_IGN}
+    caught = [s for s in passed_on if signal.getsignal(s) is not signal.SIG_IGN]
+    signal.pthread_sigmask(signal.SIG_BLOCK, caught)  # from here to torchrun's start a signal waits (then forward)
+    previous = {s: signal.signal(s, forward) for s in caught}
     try:
-        code = proc.wait()
+        box.append(subprocess.Popen(cmd, env=env, preexec_fn=_child_setup(caught)))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)  # one that came meanwhile is handled (passed on) here
+        code = box[0].wait()
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
         for s, h in previous.items():
             signal.signal(s, h)
-    if got:
+    return 128 + got[0] if got else code
+
+
+def _child_setup(blocked: list[int]):
+    """For torchrun's process, between fork and exec: the launcher's blocked signals unblocked, a process group
+    of its own, and (Linux) SIGTERM when the launcher dies."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
         try:
-            print(f"interrupted; continue with: {again}", file=sys.stderr)
-        except OSError:  # no terminal left to print to (a hangup)
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
             pass
-        return 128 + got[0]
-    return code
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+    return setup

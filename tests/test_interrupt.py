@@ -100,6 +100,26 @@ def test_a_second_sigint_stops_at_once():
         signal.signal(signal.SIGINT, before)
 
 
+def test_a_stop_whose_terminal_is_gone_still_stops_at_the_step(monkeypatch):
+    """After a hangup (passed on as SIGTERM by `suite run --nproc`) writes to the terminal fail with EIO: the
+    stop request still holds, and the output goes to /dev/null instead of failing the run before its
+    checkpoint."""
+    from tqdm import tqdm
+
+    from suite.core import stages
+
+    def gone(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    detached = []
+    monkeypatch.setattr(tqdm, "write", gone)
+    monkeypatch.setattr(stages, "_output_to_devnull", lambda: detached.append(True))
+    with stop_signals() as request:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert request.signum == signal.SIGTERM and detached == [True]
+
+
 def test_cli_sigterm_exits_143_with_the_resume_hint_and_resume_finishes(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(root=tmp_path / "data", n=8))

@@ -390,7 +390,7 @@ class CheckCache:
         if isinstance(seen, list) and len(seen) == len(ident) + length and seen[:len(ident)] == ident:
             return ident, seen[len(ident):]
         if seen is not None:  # the file changed: what was remembered no longer holds (remember() may add it back)
-            del self.entries[key]
+            self.entries.pop(key, None)  # scan threads: the same path listed twice may get here twice
             self.dirty = True
         return ident, None
 

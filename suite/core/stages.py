@@ -7,6 +7,7 @@ where the run is, which epoch is best, history.csv, the per-epoch log line and c
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -160,6 +161,13 @@ def stop_requested() -> StopRequest:
     return _REQUEST
 
 
+def _output_to_devnull() -> None:
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
 @contextlib.contextmanager
 def stop_signals() -> Iterator[StopRequest]:
     """While training: the first SIGTERM or SIGINT asks the trainer to stop after the current step (it writes
@@ -178,8 +186,11 @@ def stop_signals() -> Iterator[StopRequest]:
         request.signum = signum
         from tqdm import tqdm
 
-        tqdm.write(f"{signal.Signals(signum).name} received: finishing the current step and writing a checkpoint "
-                   "(send it again to stop at once)")
+        try:
+            tqdm.write(f"{signal.Signals(signum).name} received: finishing the current step and writing a "
+                       "checkpoint (send it again to stop at once)")
+        except OSError:  # the terminal is gone (a hangup passed on as SIGTERM: writes fail with EIO)
+            _output_to_devnull()  # the rest of the run writes nowhere instead of failing before its checkpoint
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)
                 if signal.getsignal(s) is not signal.SIG_IGN}
