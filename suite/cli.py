@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from suite.errors import UserError
+from suite.errors import PeerStopped, UserError
 from suite.datasets import SENTENCE_STYLES
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -344,6 +344,8 @@ def main(argv=None) -> None:
         if os.environ.get("RANK", "0") == "0":  # under `suite run --nproc`: rank 0, with the launch's own command
             click.echo(f"interrupted; continue with: {os.environ.get('SUITE_RESUME', e.again)}", err=True)
         sys.exit(e.exit_code)
+    except PeerStopped:  # rank 0 has printed the error
+        sys.exit(2)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -5,6 +5,10 @@ class UserError(Exception):
     """A mistake the user can fix: bad recipe, bad data, missing weights. Exit code 2."""
 
 
+class PeerStopped(UserError):
+    """Under DDP: rank 0 stopped with an error it has printed; this rank exits with code 2 without a line."""
+
+
 class DiskError(UserError):
     """A write the disk refused (full, failing, read-only): the previous file is intact. Exit code 2."""
 

@@ -49,7 +49,7 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     for item in overrides:
         worker += ["-s", item]
     worker += ["--device", device]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
+    cmd = [sys.executable, "-m", "suite.launch", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
            f"--node-rank={node_rank}"]
     cmd += ["--standalone"] if nnodes == 1 else ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
     env = {**os.environ, RESUME: again}
@@ -111,3 +111,29 @@ def _child_setup(blocked: list[int]):
             prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
     return setup
+
+
+def torchrun() -> int:
+    """torchrun (torch.distributed.run's main), as `python -m suite.launch ARGS`: a stop signal or a worker that
+    failed ends it with an exit code instead of torchrun's traceback (each worker has printed its own error: the
+    one line of a mistake, exit 2, or the traceback of a bug). Exit code: the first failed worker's (128 + the
+    signal that ended it), or 128 + the signal torchrun got."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    try:
+        main()
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -N: killed by signal N
+        if code != 2:  # 2: a mistake, its line already printed
+            print(f"torchrun: worker rank {rank} exited with code {code} (its output is above)", file=sys.stderr)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun())

@@ -19,7 +19,7 @@ from suite.core.loop import FitOptions, fit, resolve_device, seed_everything
 from suite.core.schedule import Stage, check_schedule, total_epochs
 from suite.core.stages import BEST, LAST, Interrupted, Position, stop_requested, stop_signals
 from suite.core.transfer import transfer_block, transfer_section
-from suite.errors import UserError
+from suite.errors import PeerStopped, UserError
 from suite.recipe import CACHE_TASKS, PROBE_TASKS, SOURCE_TASKS, Recipe, dump_recipe
 from suite.tasks import Modality, load_recipe, modality_for
 
@@ -149,15 +149,21 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
     where = mod.resolve_weights(recipe)  # missing weights: stop before any data work
-    if main:
+    if main:  # rank 0 generates and scans the data first; the others then find it ready, or stop with it
         log(f"[{recipe.name}] weights: {where}")
-    else:
-        dist.barrier()  # rank 0 generates and scans the data first; the others then find it ready
-    data = mod.load_data(recipe)
-    if main:
-        dist.barrier()
+        try:
+            data = mod.load_data(recipe)
+        except BaseException as e:
+            dist.broadcast(f"{type(e).__name__}: {e}")  # the others stop too, instead of in their next collective
+            raise
+        dist.broadcast(None)
         log(f"[{recipe.name}] data: {data.report.summary()}")
         rundir.write_labels(run_dir, data.labels)
+    else:
+        failed = dist.broadcast(None)
+        if failed is not None:
+            raise PeerStopped(f"rank 0 stopped while loading the data ({failed})")
+        data = mod.load_data(recipe)
     seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run
     model, groups = model_and_groups(mod, recipe, data.labels, recipe.model.weights)
     model.to(device)

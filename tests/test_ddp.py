@@ -256,3 +256,16 @@ def test_a_yolo_recipe_under_nproc_is_refused_before_any_process_starts(tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--nproc: yolo11n trains inside Ultralytics' own loop" in err
     assert (old / "recipe.yaml").read_text() == "kept"
+
+
+def test_a_data_mistake_under_nproc_is_one_line_and_exit_2(tmp_path):
+    """Rank 0 finds the data root missing: it prints the one-line error, the other rank stops with it (not with
+    gloo's "connection closed" in its next collective), and torchrun's traceback is not shown."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(root=tmp_path / "nothere").replace("synthetic:shapes", "imagefolder"))
+    done = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 2, log[-3000:]
+    assert log.count("error: data root") == 1 and "nothere does not exist" in log
+    assert "Traceback" not in log and "Connection closed" not in log
