@@ -341,8 +341,10 @@ def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="suite", standalone_mode=False)
     except Interrupted as e:
+        from suite.launch import RESUME
+
         if os.environ.get("RANK", "0") == "0":  # under `suite run --nproc`: rank 0, with the launch's own command
-            click.echo(f"interrupted; continue with: {os.environ.get('SUITE_RESUME', e.again)}", err=True)
+            click.echo(f"interrupted; continue with: {os.environ.get(RESUME, e.again)}", err=True)
         sys.exit(e.exit_code)
     except PeerStopped:  # rank 0 has printed the error
         sys.exit(2)

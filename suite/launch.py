@@ -19,9 +19,8 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
            overwrite: bool, nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None) -> int:
     """Choose and check the run directory once, here, then start the workers; their exit code."""
     from suite import rundir
-    from suite.detection.yolo import is_yolo
-    from suite.runner import fresh_run_dir, next_free
-    from suite.tasks import load_recipe
+    from suite.runner import fresh_run_dir, next_free, refuse_under_ddp
+    from suite.tasks import load_recipe, modality_for
 
     if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
         raise UserError(f"--nproc {nproc} --nnodes {nnodes} --node-rank {node_rank}: need nproc >= 1, nnodes >= 1 "
@@ -35,9 +34,8 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
         parsed = load_recipe(saved, overrides) if saved.is_file() else None  # no recipe: the workers say so
     else:
         parsed = load_recipe(recipe, overrides)  # a recipe mistake stops here, before any process starts
-    if parsed is not None and parsed.task == "detection" and is_yolo(parsed.model.arch):
-        raise UserError(f"--nproc: {parsed.model.arch} trains inside Ultralytics' own loop, which the suite does not "
-                        "launch under DDP; run it as one process (drop --nproc/--nnodes)")
+    if parsed is not None:
+        refuse_under_ddp(parsed, modality_for(parsed.task))  # before torchrun starts and --overwrite deletes
     if not resume:
         run_dir = Path(out) if out else next_free(Path("runs") / parsed.name)
         if node_rank == 0:

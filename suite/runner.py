@@ -148,6 +148,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     if main:
         checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
+    if dist.world() > 1:  # torchrun started without `suite run --nproc`, whose launcher checks this first
+        refuse_under_ddp(recipe, mod)
     where = mod.resolve_weights(recipe)  # missing weights: stop before any data work
     if main:  # rank 0 generates and scans the data first; the others then find it ready, or stop with it
         log(f"[{recipe.name}] weights: {where}")
@@ -174,9 +176,6 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         ranks += f", {synced} SyncBatchNorm layers" if synced else ""
         log(f"[{recipe.name}] training on {device}{ranks}: groups {', '.join(group_names(groups))}")
     trainer = mod.trainer(recipe, data)
-    if trainer is not None and dist.world() > 1:
-        raise UserError(f"--nproc: {recipe.model.arch} trains inside Ultralytics' own loop, which the suite does "
-                        "not launch under DDP yet; run it as one process")
     last_val = None
     if not recipe.schedule:  # `head: keep` with no stage: the pre-trained model as it is
         if main:
@@ -195,6 +194,15 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         return _after_training(recipe, mod, data, model, opts, run_dir, device, resume, start, last_val)
     finally:
         checkpoint.wait_saves()  # the last checkpoint fit left writing; its error raised here
+
+
+def refuse_under_ddp(recipe: Recipe, mod: Modality) -> None:
+    """`--nproc` launches the suite's own loop under DDP; a recipe a library's own trainer runs is refused."""
+    library = mod.own_trainer(recipe)
+    if library:
+        owner = f"{library}'" if library.endswith("s") else f"{library}'s"
+        raise UserError(f"--nproc: {recipe.model.arch} trains inside {owner} own loop, which the suite does not "
+                        "launch under DDP; run it as one process (drop --nproc/--nnodes)")
 
 
 class _LastValidation:

@@ -69,6 +69,10 @@ class Modality(Protocol):
     def trainer(self, recipe: Recipe, data: Any) -> StageTrainer | None:
         """A library's own trainer that runs the stages; None: the suite's loop (core.loop.fit) runs them."""
 
+    def own_trainer(self, recipe: Recipe) -> str | None:
+        """The library whose trainer runs this recipe's stages (``trainer`` is not None), told from the recipe
+        alone, e.g. "Ultralytics"; None: the suite's loop."""
+
     def evaluate(self, recipe: Recipe, model: nn.Module, data: Any, split: str,
                  device: torch.device) -> EvalResult | None:
         """Metrics on a split (``val`` or ``test``); None when the data has no such split."""

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 from suite.errors import UserError
 
 
-_joined: list = []  # the process group init() created, for finish()
+_joined = False  # init() created the process group (finish() ends only that one)
 
 
 def world() -> int:
@@ -47,9 +47,10 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    global _joined
     if not td.is_initialized():
         td.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        _joined.append(td.group.WORLD)
+        _joined = True
     return device
 
 
@@ -57,15 +58,10 @@ def finish() -> None:
     """Leave the process group, at the end of every worker's run (error or not). A gloo group left to the
     interpreter's shutdown aborts the process ("terminate called without an active exception", SIGABRT) when its
     worker threads still hold tensors: 9 of 15 four-rank torchrun jobs here, 0 of 15 with this call."""
-    while _joined:  # only a group init() joined: a caller's own group is theirs to end
-        group = _joined.pop()
-        if td.is_initialized() and td.group.WORLD is group:
-            td.destroy_process_group()
-
-
-def barrier() -> None:
-    if world() > 1:
-        td.barrier()
+    global _joined
+    if _joined and td.is_initialized():  # a caller's own group is theirs to end
+        td.destroy_process_group()
+    _joined = False
 
 
 def broadcast(obj):

@@ -114,7 +114,10 @@ class DetectionModality:
         if _kind(recipe) == "yolo" and recipe.train.compile != "false":
             raise UserError("train.compile applies to the suite's own training loop; YOLO trains in Ultralytics' "
                             "trainer: set train.compile: false")
-        return functools.partial(yolo.train, recipe, staged_yaml(data)) if _kind(recipe) == "yolo" else None
+        return functools.partial(yolo.train, recipe, staged_yaml(data)) if self.own_trainer(recipe) else None
+
+    def own_trainer(self, recipe: Recipe) -> str | None:
+        return "Ultralytics" if _kind(recipe) == "yolo" else None
 
     def models(self) -> list[str]:
         return [*(f"{a}  (detection, torchvision)" for a in frcnn.ARCHS),

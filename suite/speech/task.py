@@ -102,6 +102,9 @@ class SpeechModality:
     def trainer(self, recipe: Recipe, data):
         return None  # the suite's own loop
 
+    def own_trainer(self, recipe: Recipe) -> str | None:
+        return None
+
     def models(self) -> list[str]:
         return [f"{arch}  (speech: keywords and CTC, transformers)" for arch in wav2vec2.SIZES] + \
             [f"{arch}  (speech: keywords and audio classes, transformers)" for arch in whisper.SIZES]

@@ -73,6 +73,9 @@ class VisionModality:
     def trainer(self, recipe: Recipe, data):
         return None  # the suite's own loop
 
+    def own_trainer(self, recipe: Recipe) -> str | None:
+        return None
+
     def models(self) -> list[str]:
         return [*models.list_models(), "timm:<name>  (any timm model, when timm is installed)",
                 "<any torchvision classification name>  (e.g. mobilenet_v2, regnet_y_400mf)"]
