@@ -9,6 +9,10 @@ weight decay 5e-4), cosine to 1% of it, no warm-up, Ultralytics' standard augmen
 seed 0, CPU. `suite run` trains one stage (`train: all`) through Ultralytics' trainer with its own bookkeeping
 (history, best/last checkpoints, report, plots; no export, no baselines); `yolo train` is Ultralytics' CLI.
 mAP50-95 is each one's best epoch on the validation scenes (the suite's history.csv; Ultralytics' results.csv).
+
+--nproc N adds a third side: the same recipe under `suite run --nproc N --device cpu` (torchrun, gloo, Ultralytics'
+DDP workers, per-rank batch 16 / N). Its figures are not a speed claim for CPUs (N processes share the same cores);
+they show that the DDP path trains to a comparable mAP50-95.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-yolo"))
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both processes (Ultralytics itself uses "
                                                "cpu_count - 1 torch threads on a CPU; the suite keeps the process's)")
+    ap.add_argument("--nproc", type=int, default=0, help="also run `suite run --nproc N` (0: skip)")
     a = ap.parse_args()
     data = make_shapes_detection(a.out / "data", ["circle", "square", "triangle", "star"], a.scenes, a.scenes // 4,
                                  size=128, max_objects=3, seed=0)
@@ -75,21 +80,28 @@ def main() -> None:
                  "warmup_epochs=0", "warmup_bias_lr=0.0", "close_mosaic=0", "seed=0", "deterministic=True",
                  "workers=0", "device=cpu", "amp=False", "plots=False", "val=True", f"project={a.out}",
                  "name=plain", "exist_ok=True"]
-    times: dict[str, list[float]] = {"suite": [], "yolo train": []}
-    maps: dict[str, list[float]] = {"suite": [], "yolo train": []}
+    ddp_cmd = [sys.executable, "-m", "suite.cli", "run", str(recipe), "--out", str(a.out / "suite-ddp"), "--overwrite",
+               "--device", "cpu", "--nproc", str(a.nproc)]
+    ddp = f"suite --nproc {a.nproc}"
+    times: dict[str, list[float]] = {"suite": [], "yolo train": [], **({ddp: []} if a.nproc else {})}
+    maps: dict[str, list[float]] = {name: [] for name in times}
     for _ in range(a.repeats):
         times["yolo train"].append(timed(plain_cmd, env))
         maps["yolo train"].append(plain_map(a.out / "plain" / "results.csv"))
         times["suite"].append(timed(suite_cmd, env))
         maps["suite"].append(max(r["val/map50_95"] for r in read_history(a.out / "suite" / "history.csv")))
+        if a.nproc:
+            times[ddp].append(timed(ddp_cmd, env))
+            maps[ddp].append(max(r["val/map50_95"] for r in read_history(a.out / "suite-ddp" / "history.csv")))
     doc = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version()},
            "epochs": a.epochs, "scenes": a.scenes, "repeats": a.repeats, "omp_num_threads": a.threads, "wall_s": times, "map50_95": maps,
            "ratio_median_wall": statistics.median(times["suite"]) / statistics.median(times["yolo train"]),
-           "commands": {"suite": " ".join(suite_cmd), "yolo train": " ".join(plain_cmd)}}
+           "commands": {"suite": " ".join(suite_cmd), "yolo train": " ".join(plain_cmd),
+                        **({ddp: " ".join(ddp_cmd)} if a.nproc else {})}}
     (a.out / "bench_yolo.json").write_text(json.dumps(doc, indent=2))
     for name in times:
-        print(f"{name:10s} wall {statistics.median(times[name]):7.1f} s (runs {', '.join(f'{t:.1f}' for t in times[name])})"
+        print(f"{name:16s} wall {statistics.median(times[name]):7.1f} s (runs {', '.join(f'{t:.1f}' for t in times[name])})"
               f"  best mAP50-95 {', '.join(f'{m:.4f}' for m in maps[name])}")
     print(f"suite / yolo train (median wall): {doc['ratio_median_wall']:.3f}x")
 

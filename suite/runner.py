@@ -19,7 +19,7 @@ from suite.core.loop import FitOptions, fit, resolve_device, seed_everything
 from suite.core.schedule import Stage, check_schedule, total_epochs
 from suite.core.stages import BEST, LAST, Interrupted, Position, stop_requested, stop_signals
 from suite.core.transfer import transfer_block, transfer_section
-from suite.errors import PeerStopped, UserError
+from suite.errors import UserError
 from suite.recipe import CACHE_TASKS, PROBE_TASKS, SOURCE_TASKS, Recipe, dump_recipe
 from suite.tasks import Modality, load_recipe, modality_for
 
@@ -151,25 +151,16 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     if dist.world() > 1:  # torchrun started without `suite run --nproc`, whose launcher checks this first
         refuse_under_ddp(recipe, mod)
     where = mod.resolve_weights(recipe)  # missing weights: stop before any data work
-    if main:  # rank 0 generates and scans the data first; the others then find it ready, or stop with it
+    if main:
         log(f"[{recipe.name}] weights: {where}")
-        try:
-            data = mod.load_data(recipe)
-        except BaseException as e:
-            dist.broadcast(f"{type(e).__name__}: {e}")  # the others stop too, instead of in their next collective
-            raise
-        dist.broadcast(None)
+    data = dist.main_first(lambda: mod.load_data(recipe), "loading the data")  # rank 0 generates and scans first
+    if main:
         log(f"[{recipe.name}] data: {data.report.summary()}")
         rundir.write_labels(run_dir, data.labels)
-    else:
-        failed = dist.broadcast(None)
-        if failed is not None:
-            raise PeerStopped(f"rank 0 stopped while loading the data ({failed})")
-        data = mod.load_data(recipe)
     seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run
     model, groups = model_and_groups(mod, recipe, data.labels, recipe.model.weights)
     model.to(device)
-    synced = dist.sync_batchnorm(model, groups, recipe.train.sync_batchnorm, device)
+    synced = 0 if mod.own_trainer(recipe) else dist.sync_batchnorm(model, groups, recipe.train.sync_batchnorm, device)
     opts = fit_options(recipe, mod.default_metric(recipe))
     if main:
         ranks = f" x {dist.world()} processes (DDP, global batch {recipe.train.batch_size})" if dist.world() > 1 else ""
@@ -197,12 +188,14 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
 
 
 def refuse_under_ddp(recipe: Recipe, mod: Modality) -> None:
-    """`--nproc` launches the suite's own loop under DDP; a recipe a library's own trainer runs is refused."""
+    """What `--nproc` cannot do with this recipe, before any process starts: a library's own trainer under DDP
+    keeps each rank's BatchNorm (Ultralytics' DDP, as `yolo train` does), so ``train.sync_batchnorm: true``, a
+    setting of the suite's own loop, is refused for it."""
     library = mod.own_trainer(recipe)
-    if library:
+    if library and recipe.train.sync_batchnorm == "true":
         owner = f"{library}'" if library.endswith("s") else f"{library}'s"
-        raise UserError(f"--nproc: {recipe.model.arch} trains inside {owner} own loop, which the suite does not "
-                        "launch under DDP; run it as one process (drop --nproc/--nnodes)")
+        raise UserError(f"train.sync_batchnorm: true applies to the suite's own loop; {recipe.model.arch} trains "
+                        f"under {owner} DDP, with BatchNorm per rank: set it to auto or false")
 
 
 class _LastValidation:

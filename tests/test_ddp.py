@@ -1,6 +1,7 @@
 """`suite run --nproc 2 --device cpu`: torchrun + DDP with gloo. Both ranks end with the same weights (the run
 checks it and says so), only rank 0 writes the run directory, and with BatchNorm frozen (a head-only stage) the
 result equals a single-process run with the same global batch to float rounding."""
+import json
 import os
 import subprocess
 import sys
@@ -239,14 +240,78 @@ open({str(tmp_path / "got")!r}, "w").write(" ".join(map(str, got)))
         signal.signal(signal.SIGHUP, before)
 
 
-def test_a_yolo_recipe_under_nproc_is_refused_before_any_process_starts(tmp_path, capsys):
-    """YOLO trains inside Ultralytics' loop, which `--nproc` does not launch: one line, exit 2, nothing started
-    and nothing written (an existing run is not replaced even with --overwrite)."""
+YOLO = """\
+name: ddp-yolo
+task: detection
+model: {{arch: yolo11n, weights: none}}
+data:
+  format: synthetic:shapes
+  root: {root}
+  synthetic: {{classes: [circle, square], train_per_class: 3, val_per_class: 2, size: 64, max_objects: 2}}
+  image_size: 64
+  augment: none
+schedule: [{{epochs: 2, train: [neck, head], lr: 1.0e-2}}]
+train: {{batch_size: 4, seed: 0}}
+export: {{onnx: false}}
+"""
+
+# Rank 0 signals the launcher when its Nth epoch is recorded (Ultralytics runs the epochs: YOLO stops at an
+# epoch's end), and waits for the signal to come back round through torchrun.
+STOP_AFTER_EPOCH = """\
+import os, signal, time
+if os.environ.get("RANK") == "0" and os.environ.get("STOP_AFTER_EPOCH"):
+    from suite.core import stages
+    real = stages.end_epoch
+    def end_epoch(pos, *args, **kwargs):
+        stop = real(pos, *args, **kwargs)
+        if pos.epoch == int(os.environ["STOP_AFTER_EPOCH"]):
+            launcher = int(open(f"/proc/{os.getppid()}/stat").read().rsplit(")", 1)[1].split()[1])
+            os.kill(launcher, signal.SIGTERM)
+            for _ in range(1000):
+                if stages.stop_requested():
+                    break
+                time.sleep(0.01)
+        return stop
+    stages.end_epoch = end_epoch
+"""
+
+
+def test_yolo_trains_under_two_gloo_processes_in_ultralytics_ddp_and_resumes(tmp_path):
+    """Every worker runs Ultralytics' trainer as one of its DDP workers (its sampler and DDP wrap) on the suite's
+    gloo group: a SIGTERM to the launcher after epoch 1 stops both ranks at that epoch's end with one checkpoint
+    (Ultralytics' optimizer and EMA inside it), `--resume --nproc 2` finishes the stage, both ranks end with the
+    same weights, and rank 0 alone wrote the run directory, evaluated and reported."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(YOLO.format(root=tmp_path / "data"))
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(STOP_AFTER_EPOCH)
+    out, env = tmp_path / "ddp", {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stopped = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
+                              "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                             env={**env, "PYTHONPATH": str(tmp_path / "hook"), "STOP_AFTER_EPOCH": "1"})
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "training on cpu x 2 processes (DDP, global batch 4)" in stopped.stdout + stopped.stderr
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["inside"]["epoch"] == 1 and saved["inside"]["optimizer"]["param_groups"]
+    again = subprocess.run([sys.executable, "-m", "suite.cli", "run", "--resume", str(out), "--nproc", "2", "--device",
+                            "cpu"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "2 ranks agree:" in log and log.count("run directory:") == 1 and not (tmp_path / "runs").exists()
+    assert [(r["epoch"], r["stage"]) for r in read_history(out / "history.csv", False)] == [(1, 0), (2, 0)]
+    assert "val/map50_95" in json.loads((out / "metrics.json").read_text())["val"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.pt"]
+
+
+def test_sync_batchnorm_true_is_refused_for_yolo_before_any_process_starts(tmp_path, capsys):
+    """Ultralytics' DDP keeps BatchNorm per rank: `train.sync_batchnorm: true` (the suite's loop's setting) is one
+    line and exit 2 before torchrun starts, and nothing is replaced even with --overwrite."""
     from suite.cli import main
 
     recipe = tmp_path / "y.yaml"
     recipe.write_text("name: y\ntask: detection\nmodel: {arch: yolo11n, weights: none}\n"
-                      "data: {format: yolo, root: data}\nschedule: [{epochs: 1, train: all, lr: 1.0e-3}]\n")
+                      "data: {format: yolo, root: data}\nschedule: [{epochs: 1, train: all, lr: 1.0e-3}]\n"
+                      "train: {sync_batchnorm: true}\n")
     old = tmp_path / "old"
     old.mkdir()
     (old / "recipe.yaml").write_text("kept")
@@ -254,7 +319,7 @@ def test_a_yolo_recipe_under_nproc_is_refused_before_any_process_starts(tmp_path
         main(["run", str(recipe), "--nproc", "2", "--device", "cpu", "--out", str(old), "--overwrite"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--nproc: yolo11n trains inside Ultralytics' own loop" in err
+    assert err.count("\n") == 1 and "train.sync_batchnorm: true applies to the suite's own loop; yolo11n" in err
     assert (old / "recipe.yaml").read_text() == "kept"
 
 

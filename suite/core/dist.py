@@ -1,15 +1,17 @@
-"""Several processes through torchrun (torch.distributed.run) and DDP, for the suite's own loop.
+"""Several processes through torchrun (torch.distributed.run) and DDP.
 
 `suite run --nproc N` re-launches itself under torchrun; each worker finds WORLD_SIZE/RANK/LOCAL_RANK in its
 environment, joins the process group (NCCL on GPUs, gloo on CPU), and trains a DDP replica. The global batch is
 the recipe's `train.batch_size`: every rank draws the single-process run's batches, from the same seeded loader,
 and trains on its slice (rank r takes samples r, r + N, ...), so each step averages the gradients of the same
-samples a single process would see. Rank 0 alone writes the run directory; the others train and return.
+samples a single process would see. Rank 0 alone writes the run directory; the others train and return. A YOLO
+recipe's workers run Ultralytics' trainer as its own DDP workers on this process group (suite.detection.yolo).
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.distributed as td
@@ -17,7 +19,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from suite.errors import UserError
+from suite.errors import PeerStopped, UserError
+
+T = TypeVar("T")
 
 
 _joined = False  # init() created the process group (finish() ends only that one)
@@ -71,6 +75,26 @@ def broadcast(obj):
     box = [obj]
     td.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def main_first(make: Callable[[], T], what: str) -> T:
+    """``make()`` on rank 0, then on the others, which find what rank 0 wrote (generated data, a content-keyed
+    folder) ready instead of writing it at the same time. When rank 0 fails the others raise PeerStopped (no
+    line of their own) instead of failing in their next collective."""
+    if world() == 1:
+        return make()
+    if is_main():
+        try:
+            made = make()
+        except BaseException as e:
+            broadcast(f"{type(e).__name__}: {e}")
+            raise
+        broadcast(None)
+        return made
+    failed = broadcast(None)
+    if failed is not None:
+        raise PeerStopped(f"rank 0 stopped while {what} ({failed})")
+    return make()
 
 
 def gather(obj) -> list | None:

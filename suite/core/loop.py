@@ -180,7 +180,7 @@ class _Trainer:
                 pos.batch = i + 1
                 pos.loss_sum, pos.loss_count = dist.mean(total, count)  # summed over the ranks (every rank is here)
                 self.save_last(pos, force=True)
-                raise Interrupted(_signum(self.stop), self.dir, f"after batch {i + 1}/{len(loader)} of epoch "
+                raise Interrupted(self.stop.number(), self.dir, f"after batch {i + 1}/{len(loader)} of epoch "
                                   f"{pos.epoch + 1}; the checkpoint holds that position")
         self.opt.zero_grad(set_to_none=True)  # the last step's gradients are not kept through the evaluation
         pos.batch, pos.loss_sum, pos.loss_count = 0, 0.0, 0
@@ -337,11 +337,11 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
             checkpoint.wait_saves()  # last.pt complete (or its write error raised) before fit returns
             trainer.flush_best()
     if dist.world() > 1:
-        _check_replicas(model)
+        check_replicas(model)
     return pos
 
 
-def _check_replicas(model: nn.Module) -> None:
+def check_replicas(model: nn.Module) -> None:
     """Every rank ends with the same weights (DDP keeps them so); a checksum per rank, compared on rank 0."""
     with torch.no_grad():
         sums = [float(p.detach().double().sum()) for p in model.parameters()]
@@ -397,13 +397,7 @@ def _stage_epochs(t: _Trainer, pos: Position, stage: Stage, spec, cache, build_s
         if stop or t.stopping():
             if not stop:  # it came while the epoch was being recorded
                 t.save_last(pos, force=True)
-            raise Interrupted(_signum(t.stop), t.dir, f"after epoch {pos.epoch}")
-
-
-def _signum(stop) -> int:
-    import signal
-
-    return stop.signum if stop else int(signal.SIGTERM)  # another rank got the signal
+            raise Interrupted(t.stop.number(), t.dir, f"after epoch {pos.epoch}")
 
 
 class _Sized:

@@ -152,6 +152,10 @@ class StopRequest:
     def __bool__(self) -> bool:
         return self.signum is not None
 
+    def number(self) -> int:
+        """The signal's number, for the exit code: SIGTERM when it reached another DDP rank, not this one."""
+        return self.signum if self.signum is not None else int(signal.SIGTERM)
+
 
 _REQUEST = StopRequest()  # never set outside stop_signals()
 

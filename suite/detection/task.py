@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from suite.core import dist
 from suite.core import weights as W
 from suite.core.data import cache_dir, loader_workers
 from suite.core.export import ExportSpec, OnnxModel, as_bundle
@@ -114,7 +115,10 @@ class DetectionModality:
         if _kind(recipe) == "yolo" and recipe.train.compile != "false":
             raise UserError("train.compile applies to the suite's own training loop; YOLO trains in Ultralytics' "
                             "trainer: set train.compile: false")
-        return functools.partial(yolo.train, recipe, staged_yaml(data)) if self.own_trainer(recipe) else None
+        if not self.own_trainer(recipe):
+            return None
+        staged = dist.main_first(lambda: staged_yaml(data), "staging the YOLO dataset")  # one writer per folder
+        return functools.partial(yolo.train, recipe, staged)
 
     def own_trainer(self, recipe: Recipe) -> str | None:
         return "Ultralytics" if _kind(recipe) == "yolo" else None

@@ -10,9 +10,16 @@ Each stage of the recipe is one Ultralytics training run on the same live model,
 
 After a stage the EMA weights carry on into the next stage; frozen layers are copied back
 from the raw model, so a frozen layer is bitwise the same before and after its stage.
+
+Under ``suite run --nproc N`` (torchrun) every worker runs Ultralytics' trainer as one of its own DDP workers
+(RANK/LOCAL_RANK in the environment, as its generated launch file does): its DistributedSampler, per-rank batch
+``batch // N``, DDP wrap, validation gathered on rank 0 and stop broadcast. The suite's launch has already joined
+the process group (gloo on CPU, NCCL on CUDA) and chosen the rank's device, so the trainer joins no group of its
+own; rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -23,12 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from suite.core import checkpoint
+from suite.core import checkpoint, dist
 from suite.core import weights as W
 from suite.core.data import loader_workers
 from suite.core.export import OnnxIO
 from suite.core.groups import ParamGroup, group_names, make_groups, make_optimizer, optimizer_groups, set_trainable
-from suite.core.loop import FitOptions, NonFinite
+from suite.core.loop import FitOptions, NonFinite, check_replicas
 from suite.core.metrics import DetectionEvaluator, EvalResult
 from suite.core.schedule import Stage, group_lrs, trainable_groups
 from suite.core.report import EPOCH_SECONDS
@@ -207,6 +214,26 @@ def _trainer_class():
             self.ema.updates = state["updates"]
             self.start_epoch = state["epoch"]
 
+        suite_device: torch.device | None = None  # under DDP: this rank's device, chosen by suite.core.dist.init
+
+        def _setup_ddp(self):
+            """Ultralytics' DDP setup without its process group (the suite's launch joined one already): this
+            rank's device, which on CUDA is cuda:LOCAL_RANK as in Ultralytics' own workers."""
+            if self.suite_device is not None and self.suite_device.type == "cuda":
+                from ultralytics.utils.torch_utils import get_torch_device_backend
+
+                self.device = self.suite_device
+                self.accelerator = get_torch_device_backend(self.device)
+                self.accelerator.set_device(self.device.index)
+
+        def _setup_train(self):
+            """On CPU ranks, Ultralytics' DDP wrap passes ``device_ids=[None]``, which torch refuses for a CPU
+            module: that one call gets ``device_ids=None`` (what DDP takes on CPU); all else is Ultralytics'."""
+            if self.world_size > 1 and self.device.type == "cpu":
+                with _cpu_ddp():
+                    return super()._setup_train()
+            return super()._setup_train()
+
         def save_model(self):  # the suite writes checkpoints/best.safetensors itself
             return False
 
@@ -219,6 +246,21 @@ def _trainer_class():
 
     SuiteTrainer.guard = staticmethod(guard)
     return SuiteTrainer
+
+
+@contextlib.contextmanager
+def _cpu_ddp():
+    real = nn.parallel.DistributedDataParallel
+
+    class CpuReplica(real):  # a subclass, so Ultralytics' isinstance checks (unwrap_model) still hold
+        def __init__(self, module, device_ids=None, **kw):
+            super().__init__(module, device_ids=None if device_ids == [None] else device_ids, **kw)
+
+    nn.parallel.DistributedDataParallel = CpuReplica
+    try:
+        yield
+    finally:
+        nn.parallel.DistributedDataParallel = real
 
 
 AUGMENT = {  # recipe data.augment -> Ultralytics hyper-parameters
@@ -250,48 +292,64 @@ def train(recipe, data_yaml: Path, model, param_groups: list[ParamGroup], stages
     epoch by ``opts.select_metric`` (checkpoints/best.safetensors), early stopping, and checkpoints/last.pt
     at every stage boundary. ``resume`` continues from last.pt: a stage cut short by a kill runs again from
     its start; one stopped by SIGTERM/SIGINT (which Ultralytics lets finish its epoch) continues after that
-    epoch with its optimizer and EMA (its data order differs from an uninterrupted run's)."""
+    epoch with its optimizer and EMA (its data order differs from an uninterrupted run's).
+
+    Under DDP each epoch's history row is rank 0's (its validation gathers every rank's predictions), with
+    the train loss averaged over the ranks, so every rank records the same best epoch and early stop; a stop
+    signal on any rank stops all at the same epoch's end; rank 0 alone writes."""
     Trainer = _trainer_class()
     names = group_names(param_groups)
+    main, world = dist.is_main(), dist.world()
     pos, best, inside = Position(), {"state": None}, None
     if resume:
-        pos, inside = _restore(model, run_dir, best)
+        pos, inside = _restore(model, run_dir, best, write=main)
     stop = stop_requested()
     for i in range(pos.stage, len(stages)):
         stage, where = stages[i], f"schedule stage {i}"
         trainable = trainable_groups(stage.train, names, where)
         frozen = sorted(_layer_index(g, model) for g in param_groups if g.name not in trainable)
         trainer = Trainer(overrides=stage_args(recipe, data_yaml, stage, i, frozen, device, run_dir))
+        if world > 1:  # Ultralytics counts the devices it was given (0 on CPU); here the launch's processes
+            trainer.world_size, trainer.suite_device = world, device
         trainer.suite_groups, trainer.suite_lrs = param_groups, group_lrs(stage, names, where)
         trainer.suite_opts, trainer.suite_guard = opts, NonFinite(opts.max_nonfinite)
         trainer.suite_resume, inside = inside, None
         torch.set_num_threads(THREADS)  # after select_device() in the trainer's __init__
         trainer.model = model
         set_trainable(param_groups, trainable)  # Ultralytics re-checks this against freeze= (and warns otherwise)
+        halted = [False]  # a stop signal ended this stage at an epoch's end (the same epoch on every rank)
 
         def save_best(tr=trainer, trainable=trainable):
             best["state"] = _ema_weights(tr, trainable)
             checkpoint.save_weights(run_dir / BEST, best["state"])
 
-        def on_fit_epoch_end(tr, i=i, stage=stage, save_best=save_best):
+        def on_fit_epoch_end(tr, i=i, stage=stage, save_best=save_best, halted=halted):
             row = _history_row(tr, pos.epoch + 1, i)
-            tr.stop |= end_epoch(pos, row, opts.selection, stage.epochs, run_dir, save_best, callbacks=on_epoch_end)
-            if stop and pos.stage_epoch < stage.epochs:  # Ultralytics owns the epoch: stop at its end
-                _save(run_dir, model, pos, best, tr)
-                tr.stop = True
+            if world > 1:  # every rank is here once per epoch: rank 0's validation, every rank's train loss
+                total, count = dist.mean(row["train/loss"], 1)
+                row = {**dist.broadcast(row), "train/loss": total / count}
+            tr.stop |= end_epoch(pos, row, opts.selection, stage.epochs, run_dir,
+                                 save_best if main else lambda: None, callbacks=on_epoch_end, write=main)
+            if dist.any_rank(bool(stop)) and pos.stage_epoch < stage.epochs:  # Ultralytics owns the epoch: its end
+                if main:
+                    _save(run_dir, model, pos, best, tr)
+                tr.stop = halted[0] = True
 
         trainer.add_callback("on_train_batch_end", trainer.guard)
         trainer.add_callback("on_fit_epoch_end", on_fit_epoch_end)
         trainer.train()
-        if stop and pos.stage_epoch < stage.epochs:
-            raise Interrupted(stop.signum, run_dir, f"at the end of epoch {pos.epoch} (stage {i}; Ultralytics runs "
-                                                   "the epochs, so YOLO stops at an epoch's end)")
+        if halted[0]:
+            raise Interrupted(stop.number(), run_dir, f"at the end of epoch {pos.epoch} (stage {i}; "
+                              "Ultralytics runs the epochs, so YOLO stops at an epoch's end)")
         model.load_state_dict(_ema_weights(trainer, trainable))
         model.to(device)
         pos.next_stage()
-        _save(run_dir, model, pos, best)
-        if stop:
-            raise Interrupted(stop.signum, run_dir, f"at the end of stage {i}")
+        if main:
+            _save(run_dir, model, pos, best)
+        if dist.any_rank(bool(stop)):
+            raise Interrupted(stop.number(), run_dir, f"at the end of stage {i}")
+    if world > 1:
+        check_replicas(model)
     return pos
 
 
@@ -306,7 +364,7 @@ def _save(run_dir: Path, model, pos: Position, best: dict, trainer=None) -> None
     checkpoint.save_state(run_dir / LAST, state)
 
 
-def _restore(model, run_dir: Path, best: dict) -> tuple[Position, dict | None]:
+def _restore(model, run_dir: Path, best: dict, write: bool = True) -> tuple[Position, dict | None]:
     """The saved state: weights, position, history and best weights (a stage cut short by a kill may have
     written a later best.safetensors: it is put back to the checkpoint's); inside a stage, Ultralytics' state."""
     saved = checkpoint.load_state(run_dir / LAST)
@@ -314,7 +372,7 @@ def _restore(model, run_dir: Path, best: dict) -> tuple[Position, dict | None]:
         raise UserError(f"{run_dir / LAST} was not written by a YOLO run; start again with `suite run` and --overwrite")
     model.load_state_dict(saved["model"])
     best["state"] = saved["best"]
-    if best["state"] is not None:
+    if best["state"] is not None and write:
         checkpoint.save_weights(run_dir / BEST, best["state"])
     checkpoint.set_rng_state(saved["rng"])
     return Position(**saved["position"], history=list(saved["history"])), saved.get("inside")
@@ -322,9 +380,10 @@ def _restore(model, run_dir: Path, best: dict) -> tuple[Position, dict | None]:
 
 def _ema_weights(trainer, trainable: list[str]) -> dict[str, torch.Tensor]:
     """EMA weights, with frozen layers (params and BN stats) exactly as in the raw model."""
-    raw = trainer.model.state_dict()
+    model = dist.unwrap(trainer.model)  # the DDP replica's module under --nproc
+    raw = model.state_dict()
     ema = trainer.ema.ema.state_dict() if trainer.ema else raw
-    frozen = tuple(f"model.{_layer_index(g, trainer.model)}." for g in trainer.suite_groups if g.name not in trainable)
+    frozen = tuple(f"model.{_layer_index(g, model)}." for g in trainer.suite_groups if g.name not in trainable)
     return {k: (raw[k] if k.startswith(frozen) else ema[k]).detach().cpu().clone() for k in raw}
 
 
@@ -371,6 +430,27 @@ def _validator_class():
     return CapturingValidator
 
 
+@contextlib.contextmanager
+def _one_process():
+    """Ultralytics' validator run by rank 0 alone (the run's final evaluation under --nproc): its modules read
+    RANK/LOCAL_RANK from the environment at import, and with them it would wait at a barrier and gather
+    predictions from ranks that have finished. Inside this block they say "no DDP" (-1), as in one process."""
+    import importlib
+
+    saved = []
+    if dist.world() > 1:
+        for name in ("ultralytics.engine.validator", "ultralytics.models.yolo.detect.val"):
+            module = importlib.import_module(name)
+            for key in ("RANK", "LOCAL_RANK"):
+                saved.append((module, key, getattr(module, key)))
+                setattr(module, key, -1)
+    try:
+        yield
+    finally:
+        for module, key, value in saved:
+            setattr(module, key, value)
+
+
 def evaluate(model, labels: list[str], data_yaml: Path, split: str, imgsz: int, batch: int,
              device: torch.device) -> EvalResult:
     """mAP by our evaluation core and by Ultralytics' validator, on the same predictions."""
@@ -380,7 +460,8 @@ def evaluate(model, labels: list[str], data_yaml: Path, split: str, imgsz: int, 
                 device="cpu" if device.type == "cpu" else str(device.index or 0))
     v = Validator(args=args)
     # AutoBackend fuses Conv+BN in place: validate a copy so the live model keeps its BatchNorm layers
-    stats = v(model=copy.deepcopy(model).float())
+    with _one_process():
+        stats = v(model=copy.deepcopy(model).float())
     ev = DetectionEvaluator(labels)
     ev.update(v.suite_preds, v.suite_targets)
     result = ev.compute()
