@@ -256,6 +256,25 @@ def test_yolo_coco_yolo_round_trip(shapes, tmp_path):
                 assert b.labels.tolist() == a.labels.tolist() and (b.width, b.height) == (a.width, a.height)
 
 
+def test_staging_moves_a_complete_folder_into_place_and_the_first_one_wins(shapes, tmp_path):
+    """The YOLO copy a run trains on is written beside its place and renamed into it: a half-written folder (a
+    write killed before staging was atomic) is replaced, and a process that finds the folder already staged by
+    another drops its own copy and leaves that one alone."""
+    from suite.detection.task import stage_yolo
+
+    data = load_yolo(shapes)
+    out = tmp_path / "staged" / "abc"
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("half-written")
+    stage_yolo(data, out)
+    spec = yaml.safe_load((out / "data.yaml").read_text())
+    assert spec["path"] == os.path.realpath(out) and (out / spec["train"]).is_dir()
+    assert len(list((out / "labels/train").iterdir())) == len(data.train)
+    (out / "in-use").write_text("another process reads this folder")
+    stage_yolo(data, out)
+    assert (out / "in-use").is_file() and sorted(p.name for p in out.parent.iterdir()) == ["abc"]  # no tmp left
+
+
 def test_coco_scan_maps_categories_and_skips_bad_images(tmp_path):
     root = tmp_path / "coco"
     for name in "acdef":

@@ -649,12 +649,13 @@ def _link_images(samples: list[Sample], sources: list[Path], folder: Path, link:
     return names
 
 
-def write_yolo(data: DetectionData, out: str | os.PathLike, link: bool = True) -> Path:
+def write_yolo(data: DetectionData, out: str | os.PathLike, link: bool = True,
+               moved_to: str | os.PathLike | None = None) -> Path:
     """Write the kept samples as an Ultralytics dataset and return its data.yaml.
 
     ``out/images/{split}/`` holds symlinks to the original images (copies where symlinks fail, or with
     ``link=False``), ``out/labels/{split}/`` the clean labels. Rerunning replaces ``out``; a folder this
-    function did not write is refused.
+    function did not write is refused. ``moved_to``: where the caller will move ``out`` (data.yaml's ``path``).
     """
     out, sources = _start_output(out, data)
     for split, samples in _splits(data):
@@ -663,7 +664,7 @@ def write_yolo(data: DetectionData, out: str | os.PathLike, link: bool = True) -
         for sample, name in zip(samples, _link_images(samples, sources[split], out / "images" / split, link)):
             (labels / (name.rsplit(".", 1)[0] + ".txt")).write_text(
                 yolo_label_text(sample.boxes, sample.labels, sample.width, sample.height), encoding="utf-8")
-    spec = {"path": str(out), **{split: f"images/{split}" for split, _ in _splits(data)},
+    spec = {"path": os.path.realpath(moved_to) if moved_to else str(out), **{split: f"images/{split}" for split, _ in _splits(data)},
             "nc": len(data.labels), "names": list(data.labels)}
     return atomic_write_text(out / "data.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +52,26 @@ def staged_yaml(data) -> Path:
     out = cache_dir() / "yolo-staged" / h.hexdigest()[:16]
     path = out / "data.yaml"
     if not path.is_file():
-        path = ddata.write_yolo(data, out)
+        stage_yolo(data, out)
     data._staged = path
     return path
+
+
+def stage_yolo(data, out: Path) -> None:
+    """``write_yolo`` into a sibling of ``out`` named for this process, then one rename: a folder under ``out`` is
+    complete, and processes that stage the same data at once (two runs, ranks of machines without a shared disk)
+    never write into each other's. The first rename wins; the others drop their copy (the same content)."""
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had this pid
+    ddata.write_yolo(data, tmp, moved_to=out)
+    if out.is_dir() and not (out / "data.yaml").is_file():
+        shutil.rmtree(out, ignore_errors=True)  # a partial folder: a write before staging was atomic, killed
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "data.yaml").is_file():
+            raise
 
 
 NO_CACHE = ("detection heads (RPN, RoI heads) take feature maps and proposals, not one feature vector "
