@@ -35,7 +35,7 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     else:
         parsed = load_recipe(recipe, overrides)  # a recipe mistake stops here, before any process starts
     if parsed is not None:
-        refuse_under_ddp(parsed, modality_for(parsed.task))  # before torchrun starts and --overwrite deletes
+        refuse_under_ddp(parsed, modality_for(parsed.task), nproc * nnodes)  # before torchrun and --overwrite
     if not resume:
         run_dir = Path(out) if out else next_free(Path("runs") / parsed.name)
         if node_rank == 0:

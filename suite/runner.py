@@ -149,7 +149,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
     if dist.world() > 1:  # torchrun started without `suite run --nproc`, whose launcher checks this first
-        refuse_under_ddp(recipe, mod)
+        refuse_under_ddp(recipe, mod, dist.world())
     where = mod.resolve_weights(recipe)  # missing weights: stop before any data work
     if main:
         log(f"[{recipe.name}] weights: {where}")
@@ -187,11 +187,17 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         checkpoint.wait_saves()  # the last checkpoint fit left writing; its error raised here
 
 
-def refuse_under_ddp(recipe: Recipe, mod: Modality) -> None:
-    """What `--nproc` cannot do with this recipe, before any process starts: a library's own trainer under DDP
-    keeps each rank's BatchNorm (Ultralytics' DDP, as `yolo train` does), so ``train.sync_batchnorm: true``, a
-    setting of the suite's own loop, is refused for it."""
-    library = mod.own_trainer(recipe)
+def refuse_under_ddp(recipe: Recipe, mod: Modality, world: int) -> None:
+    """What `--nproc` cannot do with this recipe on ``world`` processes, before any process starts. The suite's loop
+    slices each global batch over the ranks, so a batch needs one sample per rank; a library's own trainer
+    (Ultralytics) gives each rank ``batch_size // world``, so the batch must split evenly, and it keeps each
+    rank's BatchNorm (as `yolo train` does), so ``train.sync_batchnorm: true``, a setting of the suite's loop, is
+    refused for it."""
+    batch, library = recipe.train.batch_size, mod.own_trainer(recipe)
+    if batch < world or (library and batch % world):
+        need = "a multiple of" if library else "at least"
+        raise UserError(f"train.batch_size {batch} does not split over {world} processes (each rank trains its share "
+                        f"of the global batch): use {need} {world}, or fewer processes")
     if library and recipe.train.sync_batchnorm == "true":
         owner = f"{library}'" if library.endswith("s") else f"{library}'s"
         raise UserError(f"train.sync_batchnorm: true applies to the suite's own loop; {recipe.model.arch} trains "

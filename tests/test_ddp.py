@@ -303,24 +303,56 @@ def test_yolo_trains_under_two_gloo_processes_in_ultralytics_ddp_and_resumes(tmp
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.pt"]
 
 
-def test_sync_batchnorm_true_is_refused_for_yolo_before_any_process_starts(tmp_path, capsys):
-    """Ultralytics' DDP keeps BatchNorm per rank: `train.sync_batchnorm: true` (the suite's loop's setting) is one
-    line and exit 2 before torchrun starts, and nothing is replaced even with --overwrite."""
+@pytest.mark.parametrize("train, nproc, says", [
+    ("{sync_batchnorm: true}", 2, "train.sync_batchnorm: true applies to the suite's own loop; yolo11n"),
+    ("{batch_size: 5}", 2, "train.batch_size 5 does not split over 2 processes (each rank trains its share of the "
+                           "global batch): use a multiple of 2"),
+])
+def test_what_ultralytics_ddp_cannot_do_is_refused_before_any_process_starts(train, nproc, says, tmp_path, capsys):
+    """Ultralytics' DDP keeps BatchNorm per rank and gives each rank batch // N: `train.sync_batchnorm: true` (the
+    suite's loop's setting) and a batch that does not split are one line and exit 2 before torchrun starts, and
+    nothing is replaced even with --overwrite."""
     from suite.cli import main
 
     recipe = tmp_path / "y.yaml"
     recipe.write_text("name: y\ntask: detection\nmodel: {arch: yolo11n, weights: none}\n"
                       "data: {format: yolo, root: data}\nschedule: [{epochs: 1, train: all, lr: 1.0e-3}]\n"
-                      "train: {sync_batchnorm: true}\n")
+                      f"train: {train}\n")
     old = tmp_path / "old"
     old.mkdir()
     (old / "recipe.yaml").write_text("kept")
     with pytest.raises(SystemExit) as stop:
-        main(["run", str(recipe), "--nproc", "2", "--device", "cpu", "--out", str(old), "--overwrite"])
+        main(["run", str(recipe), "--nproc", str(nproc), "--device", "cpu", "--out", str(old), "--overwrite"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "train.sync_batchnorm: true applies to the suite's own loop; yolo11n" in err
+    assert err.count("\n") == 1 and says in err
     assert (old / "recipe.yaml").read_text() == "kept"
+
+
+def test_a_batch_smaller_than_the_world_is_refused_for_the_suites_loop(tmp_path):
+    """The suite's loop slices each global batch over the ranks (one sample each at least)."""
+    from suite.errors import UserError
+    from suite.runner import refuse_under_ddp
+    from suite.tasks import load_recipe, modality_for
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(root=tmp_path / "data"))
+    parsed = load_recipe(recipe, ["train.batch_size=3"])
+    refuse_under_ddp(parsed, modality_for(parsed.task), 3)  # 3 samples, 3 ranks: one each
+    with pytest.raises(UserError, match="train.batch_size 3 does not split over 4 processes .* use at least 4"):
+        refuse_under_ddp(parsed, modality_for(parsed.task), 4)
+
+
+def test_small_reductions_use_a_tensor_the_backend_reduces(monkeypatch):
+    """NCCL reduces CUDA tensors only: the stop flag and loss sums go on this rank's GPU there, on the CPU
+    with gloo (the suite's loop and the YOLO path call them every step and every epoch)."""
+    from suite.core import dist
+
+    monkeypatch.setattr(dist.td, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert dist._reduce_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(dist.td, "get_backend", lambda group=None: "gloo")
+    assert dist._reduce_device() == torch.device("cpu")
 
 
 def test_a_data_mistake_under_nproc_is_one_line_and_exit_2(tmp_path):

@@ -106,11 +106,19 @@ def gather(obj) -> list | None:
     return out
 
 
+def _reduce_device() -> torch.device:
+    """Where a small all-reduce's tensor lives: NCCL reduces CUDA tensors only (a CPU tensor there fails with "No
+    backend type associated with device type cpu"), gloo CPU ones."""
+    if td.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean(total: float, count: int) -> tuple[float, int]:
     """Sum ``total`` and ``count`` over the ranks."""
     if world() == 1:
         return total, count
-    t = torch.tensor([float(total), float(count)], dtype=torch.float64)
+    t = torch.tensor([float(total), float(count)], dtype=torch.float64, device=_reduce_device())
     td.all_reduce(t)
     return float(t[0]), int(t[1])
 
@@ -119,7 +127,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on one (a stop signal that reached one rank first)."""
     if world() == 1:
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_reduce_device())
     td.all_reduce(t, op=td.ReduceOp.MAX)
     return bool(t.item())
 

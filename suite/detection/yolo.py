@@ -308,6 +308,8 @@ def train(recipe, data_yaml: Path, model, param_groups: list[ParamGroup], stages
         stage, where = stages[i], f"schedule stage {i}"
         trainable = trainable_groups(stage.train, names, where)
         frozen = sorted(_layer_index(g, model) for g in param_groups if g.name not in trainable)
+        if main:  # every rank's Trainer() deletes this stale file (exists, then unlink): here once, before them all
+            (run_dir.resolve() / "ultralytics" / f"stage{i}" / "results.csv").unlink(missing_ok=True)
         trainer = Trainer(overrides=stage_args(recipe, data_yaml, stage, i, frozen, device, run_dir))
         if world > 1:  # Ultralytics counts the devices it was given (0 on CPU); here the launch's processes
             trainer.world_size, trainer.suite_device = world, device
