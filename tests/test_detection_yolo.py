@@ -112,6 +112,9 @@ def test_run_exports_verifies_and_serves_the_bundle(recipe_file, tmp_path, capsy
     result = run(recipe_file, ["schedule=[{epochs: 2, train: all, lr: 0.01}]", "export.onnx=true",
                                "export.quantize=[int8-static]", "export.calibration_samples=4",
                                "bench.batch_sizes=[1]", "bench.iters=3", "bench.warmup=1"], out)
+    log = capsys.readouterr().out  # not a terminal: Ultralytics' bars as plain lines, one line for the freezing
+    assert "\r" not in log and "Freezing layer" not in log and "stage 0: 0 of 18 groups frozen" in log
+    assert log.count("2/2 ") >= 1 and log.count("━") >= 4  # the epochs' bars, each once, at their end
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["val"]) >= {"val/map50", "val/map50_95"}
     report = (out / "report.md").read_text()

@@ -25,10 +25,12 @@ import logging
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from suite.core import checkpoint, dist
 from suite.core import weights as W
@@ -51,11 +53,37 @@ THREADS = torch.get_num_threads()
 def _ultralytics() -> None:
     """Import Ultralytics, then undo its global PIL.Image.open patch: that one pip-installs pi-heif the first
     time a file is not an image, so a corrupt file in a user's data would start an install instead of being
-    skipped and counted by our scans (suite.vision.data, suite.detection.data)."""
+    skipped and counted by our scans (suite.vision.data, suite.detection.data). Off a terminal its progress bars
+    print plain lines."""
     from PIL import Image
     from ultralytics.utils import patches
+    from ultralytics.utils import tqdm as bars
 
     Image.open = patches._image_open
+    quiet = logging.getLogger("ultralytics")
+    if not any(isinstance(f, _FreezeLines) for f in quiet.filters):
+        quiet.addFilter(_FreezeLines())
+    bars.is_noninteractive_console = _plain_bars
+
+
+class _FreezeLines(logging.Filter):
+    """Ultralytics logs "Freezing layer 'model.0.conv.weight'" once per frozen parameter (191 lines for YOLO11n's
+    backbone and neck, at every stage); the suite prints one line per stage instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Freezing layer ")
+
+
+def _plain_bars() -> bool:
+    """Ultralytics' choice of its non-interactive bars (each bar's last line, no carriage return), asked by every
+    bar: on GitHub Actions, as Ultralytics has it, and also whenever stdout is not a terminal (a log, CI), where its
+    bars wrote a carriage-return frame every 0.1 s (395 in a 30-epoch run's log). Not in a notebook."""
+    if "GITHUB_ACTIONS" in os.environ or "ipykernel" in sys.modules:
+        return "GITHUB_ACTIONS" in os.environ
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return True
 
 ARCH = re.compile(r"^yolo(v?\d+)[nslmx]$")
 WEIGHTS_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0/{name}"
@@ -308,7 +336,8 @@ def train(recipe, data_yaml: Path, model, param_groups: list[ParamGroup], stages
         stage, where = stages[i], f"schedule stage {i}"
         trainable = trainable_groups(stage.train, names, where)
         frozen = sorted(_layer_index(g, model) for g in param_groups if g.name not in trainable)
-        if main:  # every rank's Trainer() deletes this stale file (exists, then unlink): here once, before them all
+        if main:  # and every rank's Trainer() deletes a stale results.csv (exists, then unlink): here once, first
+            tqdm.write(f"stage {i}: {len(frozen)} of {len(names)} groups frozen (Ultralytics freeze={frozen or None})")
             (run_dir.resolve() / "ultralytics" / f"stage{i}" / "results.csv").unlink(missing_ok=True)
         trainer = Trainer(overrides=stage_args(recipe, data_yaml, stage, i, frozen, device, run_dir))
         if world > 1:  # Ultralytics counts the devices it was given (0 on CPU); here the launch's processes
