@@ -49,7 +49,9 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     worker += ["--device", device]
     cmd = [sys.executable, "-m", "suite.launch", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
            f"--node-rank={node_rank}"]
-    cmd += ["--standalone"] if nnodes == 1 else ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    # several machines: static rendezvous, which keeps --node-rank (c10d ignores it and ranks the machines in the
+    # order they join, so the run directory and checkpoints could land on any machine): node 0 hosts the store
+    cmd += ["--standalone"] if nnodes == 1 else ["--rdzv-backend=static", f"--rdzv-endpoint={rdzv_endpoint}"]
     env = {**os.environ, RESUME: again}
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "300")  # torchrun's grace before SIGKILL (30 s): the stop's
     return _supervise([*cmd, *worker[1:]], env)              # checkpoint of a large model can take longer

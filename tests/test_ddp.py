@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,6 +240,38 @@ open({str(tmp_path / "got")!r}, "w").write(" ".join(map(str, got)))
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the launcher's handlers are gone again
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_two_machines_join_as_nodes_and_node_0_writes_the_run(tmp_path):
+    """`--nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT`, one process per "machine" (two launches here): they
+    make one job of 2 ranks, and the launch given --node-rank 0 holds rank 0 (the run directory, the log) even
+    when the other machine joins first (torchrun's c10d rendezvous ignores --node-rank; the static one keeps it)."""
+    import socket
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(root=tmp_path / "data").replace("epochs: 2", "epochs: 1"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def node(rank: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "1", "--nnodes", "2",
+                                 "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}", "--device", "cpu",
+                                 "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    second = node(1)
+    children = Path(f"/proc/{second.pid}/task/{second.pid}/children")
+    for _ in range(300):  # its torchrun is up first: c10d would rank it 0 (the lowest pid of one host goes first)
+        if not children.exists() or children.read_text().strip():
+            break
+        time.sleep(0.05)
+    first = node(0)
+    logs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], logs
+    assert "training on cpu x 2 processes" in logs[0] and "2 ranks agree:" in logs[0] and "run directory:" in logs[0]
+    assert "run directory:" not in logs[1] and "training on" not in logs[1]
+    assert len(read_history(tmp_path / "run" / "history.csv")) == 1
 
 
 YOLO = """\
