@@ -25,8 +25,9 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
         raise UserError(f"--nproc {nproc} --nnodes {nnodes} --node-rank {node_rank}: need nproc >= 1, nnodes >= 1 "
                         "and 0 <= node-rank < nnodes")
-    if nnodes > 1 and not rdzv_endpoint:
-        raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the address of the first machine)")
+    if nnodes > 1 and not _host_port(rdzv_endpoint):
+        raise UserError(f"--nnodes > 1 needs --rdzv-endpoint HOST:PORT (machine 0's address and a free port there), "
+                        f"got {rdzv_endpoint or 'none'}")
     worker = [sys.executable, "-m", "suite.cli", "run"]
     if resume:
         worker += ["--resume", str(resume)]
@@ -35,7 +36,8 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     else:
         parsed = load_recipe(recipe, overrides)  # a recipe mistake stops here, before any process starts
     if parsed is not None:
-        refuse_under_ddp(parsed, modality_for(parsed.task), nproc * nnodes)  # before torchrun and --overwrite
+        # before torchrun and --overwrite; on several machines the others' --nproc is theirs: the workers check
+        refuse_under_ddp(parsed, modality_for(parsed.task), nproc if nnodes == 1 else None)
     if not resume:
         run_dir = Path(out) if out else next_free(Path("runs") / parsed.name)
         if node_rank == 0:
@@ -113,6 +115,11 @@ def _child_setup(blocked: list[int]):
     return setup
 
 
+def _host_port(endpoint: str | None) -> bool:
+    host, _, port = (endpoint or "").rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def torchrun() -> int:
     """torchrun (torch.distributed.run's main), as `python -m suite.launch ARGS`: a stop signal or a worker that
     failed ends it with an exit code instead of torchrun's traceback (each worker has printed its own error: the
@@ -120,12 +127,19 @@ def torchrun() -> int:
     signal that ended it), or 128 + the signal torchrun got."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed import DistNetworkError, DistStoreError
     from torch.distributed.run import main
 
     try:
         main()
     except SignalException as e:
         return 128 + int(e.sigval)
+    except (DistNetworkError, DistStoreError) as e:  # the machines did not meet: a setup mistake, not a bug
+        endpoint = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--rdzv-endpoint=")), "?")
+        print(f"torchrun: the machines did not meet at --rdzv-endpoint {endpoint} ({type(e).__name__}: "
+              f"{' '.join(str(e).split())[:200]}); start --node-rank 0 on that host, check the address and port, "
+              "and start the others within 10 minutes", file=sys.stderr)
+        return 2
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -N: killed by signal N

@@ -187,14 +187,15 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
         checkpoint.wait_saves()  # the last checkpoint fit left writing; its error raised here
 
 
-def refuse_under_ddp(recipe: Recipe, mod: Modality, world: int) -> None:
-    """What `--nproc` cannot do with this recipe on ``world`` processes, before any process starts. The suite's loop
-    slices each global batch over the ranks, so a batch needs one sample per rank; a library's own trainer
+def refuse_under_ddp(recipe: Recipe, mod: Modality, world: int | None) -> None:
+    """What `--nproc` cannot do with this recipe on ``world`` processes (None: not known yet, as for a machine of
+    several, whose others may run another --nproc; their workers check it), before any process starts. The suite's
+    loop slices each global batch over the ranks, so a batch needs one sample per rank; a library's own trainer
     (Ultralytics) gives each rank ``batch_size // world``, so the batch must split evenly, and it keeps each
     rank's BatchNorm (as `yolo train` does), so ``train.sync_batchnorm: true``, a setting of the suite's loop, is
     refused for it."""
     batch, library = recipe.train.batch_size, mod.own_trainer(recipe)
-    if batch < world or (library and batch % world):
+    if world is not None and (batch < world or (library and batch % world)):
         need = "a multiple of" if library else "at least"
         raise UserError(f"train.batch_size {batch} does not split over {world} processes (each rank trains its share "
                         f"of the global batch): use {need} {world}, or fewer processes")

@@ -378,6 +378,21 @@ def test_a_batch_smaller_than_the_world_is_refused_for_the_suites_loop(tmp_path)
     refuse_under_ddp(parsed, modality_for(parsed.task), 3)  # 3 samples, 3 ranks: one each
     with pytest.raises(UserError, match="train.batch_size 3 does not split over 4 processes .* use at least 4"):
         refuse_under_ddp(parsed, modality_for(parsed.task), 4)
+    refuse_under_ddp(parsed, modality_for(parsed.task), None)  # several machines: their workers know the world
+
+
+@pytest.mark.parametrize("endpoint", [None, "host", "host:port", ":29500"])
+def test_several_machines_need_host_and_port(endpoint, tmp_path, capsys):
+    from suite.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(root=tmp_path / "data"))
+    args = ["run", str(recipe), "--nproc", "1", "--nnodes", "2", "--node-rank", "1", "--device", "cpu"]
+    with pytest.raises(SystemExit) as stop:
+        main(args + (["--rdzv-endpoint", endpoint] if endpoint else []))
+    assert stop.value.code == 2
+    assert f"--nnodes > 1 needs --rdzv-endpoint HOST:PORT (machine 0's address and a free port there), got " \
+           f"{endpoint or 'none'}" in capsys.readouterr().err
 
 
 def test_small_reductions_use_a_tensor_the_backend_reduces(monkeypatch):

@@ -257,22 +257,32 @@ def test_yolo_coco_yolo_round_trip(shapes, tmp_path):
 
 
 def test_staging_moves_a_complete_folder_into_place_and_the_first_one_wins(shapes, tmp_path):
-    """The YOLO copy a run trains on is written beside its place and renamed into it: a half-written folder (a
-    write killed before staging was atomic) is replaced, and a process that finds the folder already staged by
-    another drops its own copy and leaves that one alone."""
+    """The YOLO copy a run trains on is written to a fresh temporary sibling and renamed into place: a process that
+    finds the folder already staged by another drops its own copy and leaves that one alone; temporary folders
+    left by killed processes go after a day (a recent one may be another process's copy in progress); a folder
+    without data.yaml is not guessed at."""
+    import time
+
     from suite.detection.task import stage_yolo
 
     data = load_yolo(shapes)
     out = tmp_path / "staged" / "abc"
-    out.mkdir(parents=True)
-    (out / MARKER).write_text("half-written")
+    out.parent.mkdir()
+    old, recent = out.parent / "abc.dead.tmp", out.parent / "abc.busy.tmp"
+    for folder in (old, recent):
+        folder.mkdir()
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
     stage_yolo(data, out)
     spec = yaml.safe_load((out / "data.yaml").read_text())
     assert spec["path"] == os.path.realpath(out) and (out / spec["train"]).is_dir()
     assert len(list((out / "labels/train").iterdir())) == len(data.train)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["abc", "abc.busy.tmp"]
     (out / "in-use").write_text("another process reads this folder")
     stage_yolo(data, out)
-    assert (out / "in-use").is_file() and sorted(p.name for p in out.parent.iterdir()) == ["abc"]  # no tmp left
+    assert (out / "in-use").is_file() and sorted(p.name for p in out.parent.iterdir()) == ["abc", "abc.busy.tmp"]
+    (out / "data.yaml").unlink()
+    with pytest.raises(UserError, match=r"abc: the folder is there without data.yaml; delete it and run again"):
+        stage_yolo(data, out)
 
 
 def test_coco_scan_maps_categories_and_skips_bad_images(tmp_path):

@@ -104,17 +104,20 @@ def test_layer_decay_reaches_ultralytics_optimizer(recipe_file):
     assert all(p.ndim > 1 for g in decayed for p in g["params"])
 
 
-def test_run_exports_verifies_and_serves_the_bundle(recipe_file, tmp_path, capsys):
+def test_run_exports_verifies_and_serves_the_bundle(recipe_file, tmp_path, capsys, monkeypatch):
     """One tiny run: mAP beside Ultralytics' numbers, export + int8 verified through the runtime, CLI paths."""
     from suite.cli import main
 
+    monkeypatch.setattr(yolo, "PROGRESS_EVERY_S", 0.0)  # a progress line after every batch (10 s in real use)
     out = tmp_path / "run"
     result = run(recipe_file, ["schedule=[{epochs: 2, train: all, lr: 0.01}]", "export.onnx=true",
                                "export.quantize=[int8-static]", "export.calibration_samples=4",
                                "bench.batch_sizes=[1]", "bench.iters=3", "bench.warmup=1"], out)
-    log = capsys.readouterr().out  # not a terminal: Ultralytics' bars as plain lines, one line for the freezing
+    captured = capsys.readouterr()  # not a terminal: Ultralytics' bars as plain lines, one line for the freezing
+    log = captured.out
     assert "\r" not in log and "Freezing layer" not in log and "stage 0: 0 of 18 groups frozen" in log
     assert log.count("2/2 ") >= 1 and log.count("━") >= 4  # the epochs' bars, each once, at their end
+    assert "epoch 2/2 (stage 0): 3/3 batches (" in captured.err  # and plain lines while an epoch runs
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["val"]) >= {"val/map50", "val/map50_95"}
     report = (out / "report.md").read_text()

@@ -5,6 +5,8 @@ import functools
 import hashlib
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,7 @@ def staged_yaml(data) -> Path:
             h.update(np.ascontiguousarray(s.boxes, dtype=np.float32).tobytes())
             h.update(np.ascontiguousarray(s.labels, dtype=np.int64).tobytes())
     h.update("|".join(data.labels).encode())
-    out = cache_dir() / "yolo-staged" / h.hexdigest()[:16]
+    out = cache_dir() / STAGED / h.hexdigest()[:16]
     path = out / "data.yaml"
     if not path.is_file():
         stage_yolo(data, out)
@@ -57,21 +59,32 @@ def staged_yaml(data) -> Path:
     return path
 
 
+STAGED = "yolo-staged-2"  # since staging is atomic; "yolo-staged" may hold half-written folders of older versions
+STALE_S = 24 * 3600  # a temporary folder this old was left by a killed process
+
+
 def stage_yolo(data, out: Path) -> None:
-    """``write_yolo`` into a sibling of ``out`` named for this process, then one rename: a folder under ``out`` is
-    complete, and processes that stage the same data at once (two runs, ranks of machines without a shared disk)
-    never write into each other's. The first rename wins; the others drop their copy (the same content)."""
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had this pid
-    ddata.write_yolo(data, tmp, moved_to=out)
-    if out.is_dir() and not (out / "data.yaml").is_file():
-        shutil.rmtree(out, ignore_errors=True)  # a partial folder: a write before staging was atomic, killed
+    """``write_yolo`` into a fresh temporary sibling of ``out`` (a unique name, not a pid: processes of other
+    machines or containers sharing the cache can have the same pid), then one rename: a folder at ``out`` is
+    complete, and processes that stage the same data at once never write into each other's. The first rename
+    wins; the others drop their copy (the same content)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f"{out.name}.*.tmp"):  # left by killed processes
+        try:
+            if time.time() - old.stat().st_mtime > STALE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        ddata.write_yolo(data, tmp, moved_to=out)
         os.rename(tmp, out)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not (out / "data.yaml").is_file():
-            raise
+            raise UserError(f"cannot stage the YOLO dataset at {out}: the folder is there without data.yaml; "
+                            "delete it and run again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else another process's copy won
 
 
 NO_CACHE = ("detection heads (RPN, RoI heads) take feature maps and proposals, not one feature vector "

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -291,6 +292,30 @@ def _cpu_ddp():
         nn.parallel.DistributedDataParallel = real
 
 
+PROGRESS_EVERY_S = 10.0  # off a terminal, a line this often during an epoch (as the suite's own scans print)
+
+
+class _ProgressLines:
+    """Off a terminal Ultralytics' bars print each epoch once, at its end: a long epoch (a large dataset, a slow
+    machine) would show nothing for minutes. This prints a plain line every PROGRESS_EVERY_S seconds meanwhile."""
+
+    def __init__(self, stage: int):
+        self.stage, self.done, self.began, self.last = stage, 0, 0.0, 0.0
+
+    def start(self, trainer) -> None:
+        self.done, self.began = 0, time.monotonic()
+        self.last = self.began
+
+    def batch(self, trainer) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            print(f"epoch {trainer.epoch + 1}/{trainer.epochs} (stage {self.stage}): {self.done}/"
+                  f"{len(trainer.train_loader)} batches ({self.done / max(now - self.began, 1e-9):.3g} batches/s)",
+                  file=sys.stderr, flush=True)
+
+
 AUGMENT = {  # recipe data.augment -> Ultralytics hyper-parameters
     "none": dict(mosaic=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0),
     "light": dict(mosaic=0.0, fliplr=0.5, translate=0.1, scale=0.25),
@@ -336,9 +361,10 @@ def train(recipe, data_yaml: Path, model, param_groups: list[ParamGroup], stages
         stage, where = stages[i], f"schedule stage {i}"
         trainable = trainable_groups(stage.train, names, where)
         frozen = sorted(_layer_index(g, model) for g in param_groups if g.name not in trainable)
-        if main:  # and every rank's Trainer() deletes a stale results.csv (exists, then unlink): here once, first
+        if main:
             tqdm.write(f"stage {i}: {len(frozen)} of {len(names)} groups frozen (Ultralytics freeze={frozen or None})")
-            (run_dir.resolve() / "ultralytics" / f"stage{i}" / "results.csv").unlink(missing_ok=True)
+        stale = run_dir.resolve() / "ultralytics" / f"stage{i}" / "results.csv"  # every rank's Trainer() deletes it
+        dist.main_first(lambda: stale.unlink(missing_ok=True), "starting a stage")  # (exists, then unlink): first
         trainer = Trainer(overrides=stage_args(recipe, data_yaml, stage, i, frozen, device, run_dir))
         if world > 1:  # Ultralytics counts the devices it was given (0 on CPU); here the launch's processes
             trainer.world_size, trainer.suite_device = world, device
@@ -367,6 +393,10 @@ def train(recipe, data_yaml: Path, model, param_groups: list[ParamGroup], stages
                 tr.stop = halted[0] = True
 
         trainer.add_callback("on_train_batch_end", trainer.guard)
+        if main and _plain_bars():  # Ultralytics' plain bars print when an epoch ends; this, while it runs
+            lines = _ProgressLines(i)
+            trainer.add_callback("on_train_epoch_start", lines.start)
+            trainer.add_callback("on_train_batch_end", lines.batch)
         trainer.add_callback("on_fit_epoch_end", on_fit_epoch_end)
         trainer.train()
         if halted[0]:
