@@ -323,7 +323,8 @@ def _baseline(name: str, recipe: Recipe, run_dir: Path, device: torch.device, re
     sub = baseline_recipe(recipe, name)
     sub_dir = run_dir / "baselines" / name
     start = "from random init" if name == "scratch" else f"of a linear head on {recipe.model.weights}'s frozen features"
-    log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs {start}")
+    if dist.is_main():  # under --nproc every rank trains the baseline; one says so
+        log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs {start}")
     again = resume and (sub_dir / LAST).is_file()
     result = run_recipe(sub, sub_dir, device, again)
     return {split: result.metrics[split] for split in ("val", "test") if result.metrics.get(split)}  # {}: rank > 0
