@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def on_terminal() -> bool:
-    """Whether stderr, where progress goes, is a terminal."""
+def on_terminal(stream=None) -> bool:
+    """Whether ``stream`` (default stderr, where progress goes) is a terminal."""
     try:
-        return sys.stderr.isatty()
+        return (stream or sys.stderr).isatty()
     except (AttributeError, ValueError):  # replaced or closed stream
         return False
 

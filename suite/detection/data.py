@@ -664,7 +664,8 @@ def write_yolo(data: DetectionData, out: str | os.PathLike, link: bool = True,
         for sample, name in zip(samples, _link_images(samples, sources[split], out / "images" / split, link)):
             (labels / (name.rsplit(".", 1)[0] + ".txt")).write_text(
                 yolo_label_text(sample.boxes, sample.labels, sample.width, sample.height), encoding="utf-8")
-    spec = {"path": os.path.realpath(moved_to) if moved_to else str(out), **{split: f"images/{split}" for split, _ in _splits(data)},
+    where = os.path.realpath(moved_to) if moved_to else str(out)
+    spec = {"path": where, **{split: f"images/{split}" for split, _ in _splits(data)},
             "nc": len(data.labels), "names": list(data.labels)}
     return atomic_write_text(out / "data.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
 

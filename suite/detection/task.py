@@ -78,11 +78,12 @@ def stage_yolo(data, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         ddata.write_yolo(data, tmp, moved_to=out)
-        os.rename(tmp, out)
-    except OSError:
-        if not (out / "data.yaml").is_file():
-            raise UserError(f"cannot stage the YOLO dataset at {out}: the folder is there without data.yaml; "
-                            "delete it and run again") from None
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process's copy is there (or a folder without data.yaml)
+            if not (out / "data.yaml").is_file():
+                raise UserError(f"cannot stage the YOLO dataset at {out}: the folder is there without data.yaml; "
+                                "delete it and run again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else another process's copy won
 

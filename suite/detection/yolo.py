@@ -40,6 +40,7 @@ from suite.core.export import OnnxIO
 from suite.core.groups import ParamGroup, group_names, make_groups, make_optimizer, optimizer_groups, set_trainable
 from suite.core.loop import FitOptions, NonFinite, check_replicas
 from suite.core.metrics import DetectionEvaluator, EvalResult
+from suite.core.progress import on_terminal
 from suite.core.schedule import Stage, group_lrs, trainable_groups
 from suite.core.report import EPOCH_SECONDS
 from suite.core.stages import BEST, LAST, Interrupted, Position, end_epoch, stop_requested
@@ -79,12 +80,9 @@ def _plain_bars() -> bool:
     """Ultralytics' choice of its non-interactive bars (each bar's last line, no carriage return), asked by every
     bar: on GitHub Actions, as Ultralytics has it, and also whenever stdout is not a terminal (a log, CI), where its
     bars wrote a carriage-return frame every 0.1 s (395 in a 30-epoch run's log). Not in a notebook."""
-    if "GITHUB_ACTIONS" in os.environ or "ipykernel" in sys.modules:
-        return "GITHUB_ACTIONS" in os.environ
-    try:
-        return not sys.stdout.isatty()
-    except (AttributeError, ValueError):  # replaced or closed stream
+    if "GITHUB_ACTIONS" in os.environ:
         return True
+    return "ipykernel" not in sys.modules and not on_terminal(sys.stdout)
 
 ARCH = re.compile(r"^yolo(v?\d+)[nslmx]$")
 WEIGHTS_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0/{name}"
