@@ -145,6 +145,50 @@ def test_run_exports_verifies_and_serves_the_bundle(recipe_file, tmp_path, capsy
     assert lines and all(len(line.split("\t")) == 4 for line in lines)  # file, label, score, box
 
 
+def test_an_amp_overflow_lowers_the_scale_and_training_goes_on():
+    """fp16 AMP, as Ultralytics runs it on CUDA (here on CPU): a step that overflows at 2**16 is skipped and the
+    scale halves until the steps are finite; the weights then move. Before, the scale stuck and nothing trained."""
+    Trainer = yolo._trainer_class()
+    t = Trainer.__new__(Trainer)
+    torch.manual_seed(0)
+    t.model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    t.optimizer = torch.optim.SGD(t.model.parameters(), lr=0.01)
+    t.scaler, t.ema = torch.amp.GradScaler("cpu"), None
+    w0 = t.model[0].weight.detach().clone()
+    scales = []
+    for _ in range(12):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = t.model(torch.randn(16, 4)).float().sum() * 20  # 20 * 2**16 overflows fp16's gradients
+        t.scaler.scale(loss).backward()
+        t.optimizer_step()
+        scales.append(t.scaler.get_scale())
+    assert scales[0] < 2.0 ** 16 and scales == sorted(scales, reverse=True) and scales[-1] == scales[-2]
+    assert not torch.equal(w0, t.model[0].weight)
+    assert all(p.grad is None or not p.grad.any() for p in t.model.parameters())
+
+
+def test_ultralytics_amp_check_loads_no_pickle_on_cuda(monkeypatch, recipe_file, tmp_path):
+    """Ultralytics' check_amp would torch.load(weights_only=False) yolo26n.pt on CUDA: the suite answers for it
+    there (AMP as train.precision asks) and leaves CPU to it (False: fp32); the real one is back afterwards."""
+    import ultralytics.engine.trainer as ut
+
+    calls = []
+    monkeypatch.setattr(ut, "check_amp", lambda model: calls.append(model) or False)
+    on_cuda = type("OnCuda", (), {"parameters": lambda self: iter([type("P", (), {"device": torch.device("cuda")})])})()
+    on_cpu = torch.nn.Linear(2, 2)
+    real = ut.check_amp
+    with yolo._no_amp_check():
+        assert ut.check_amp(on_cuda) is True and calls == []
+        assert ut.check_amp(on_cpu) is False and calls == [on_cpu]
+    assert ut.check_amp is real
+    amps = {}
+    for precision in ("auto", "fp32", "bf16", "fp16"):
+        recipe = load_recipe(recipe_file, [f"train.precision={precision}"])
+        args = yolo.stage_args(recipe, tmp_path / "d.yaml", recipe.stages()[0], 0, [], torch.device("cpu"), tmp_path)
+        amps[precision] = args["amp"]
+    assert amps == {"auto": True, "fp32": False, "bf16": "bf16", "fp16": "fp16"}
+
+
 def test_using_yolo_leaves_pil_open_alone(recipe_file):
     """Ultralytics patches PIL.Image.open to pip-install pi-heif on unreadable files; our scans need PIL's own."""
     import PIL.Image

@@ -222,12 +222,19 @@ def _trainer_class():
                                   o.momentum, fused=False)
 
         def optimizer_step(self):
-            """Skip a step whose gradients are not finite (what gathered since the last step is dropped)."""
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if all(torch.isfinite(p.grad).all() for p in params):
-                super().optimizer_step()
-            else:
-                self.optimizer.zero_grad()
+            """Ultralytics' step (unscale, clip to norm 10, step, EMA), except that a step whose unscaled gradients
+            are not finite changes neither the weights nor the EMA (what gathered since the last step is dropped).
+            The scaler is updated either way: under fp16 AMP (Ultralytics' on CUDA) an overflow is what lowers its
+            scale; skipping update() there kept the scale, so every later step overflowed and was skipped too."""
+            self.scaler.unscale_(self.optimizer)  # a no-op when AMP is off
+            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one host sync
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+                self.scaler.step(self.optimizer)
+                if self.ema:
+                    self.ema.update(self.model)
+            self.scaler.update()
+            self.optimizer.zero_grad()
 
         suite_resume: dict | None = None  # Ultralytics' state inside a stage, from our last.pt
 
@@ -254,12 +261,13 @@ def _trainer_class():
                 self.accelerator.set_device(self.device.index)
 
         def _setup_train(self):
-            """On CPU ranks, Ultralytics' DDP wrap passes ``device_ids=[None]``, which torch refuses for a CPU
-            module: that one call gets ``device_ids=None`` (what DDP takes on CPU); all else is Ultralytics'."""
-            if self.world_size > 1 and self.device.type == "cpu":
-                with _cpu_ddp():
-                    return super()._setup_train()
-            return super()._setup_train()
+            """Ultralytics' setup with two calls changed. On CPU ranks its DDP wrap passes ``device_ids=[None]``,
+            which torch refuses for a CPU module: that call gets ``device_ids=None`` (what DDP takes on CPU). Its
+            fp16 AMP check on CUDA loads yolo26n.pt from its weights folder with torch.load(weights_only=False),
+            downloading it first when online: a pickle the user did not name, so it is not run (AMP as asked)."""
+            ddp = _cpu_ddp() if self.world_size > 1 and self.device.type == "cpu" else contextlib.nullcontext()
+            with ddp, _no_amp_check():
+                return super()._setup_train()
 
         def save_model(self):  # the suite writes checkpoints/best.safetensors itself
             return False
@@ -288,6 +296,27 @@ def _cpu_ddp():
         yield
     finally:
         nn.parallel.DistributedDataParallel = real
+
+
+@contextlib.contextmanager
+def _no_amp_check():
+    import ultralytics.engine.trainer as ut
+
+    real = ut.check_amp
+
+    def trust_amp(model) -> bool:
+        if next(model.parameters()).device.type != "cuda":
+            return real(model)  # False on CPU and MPS, decided before it loads anything
+        logging.getLogger("ultralytics").info(
+            "AMP: fp16 with a GradScaler (train.precision auto or fp16; Ultralytics' check_amp, which would load "
+            "yolo26n.pt as a pickle, is not run)")
+        return True
+
+    ut.check_amp = trust_amp
+    try:
+        yield
+    finally:
+        ut.check_amp = real
 
 
 PROGRESS_EVERY_S = 10.0  # off a terminal, a line this often during an epoch (as the suite's own scans print)
@@ -331,7 +360,8 @@ def stage_args(recipe, data_yaml: Path, stage: Stage, i: int, frozen: list[int],
         workers=loader_workers(recipe.data.num_workers), seed=t.seed + i, deterministic=True, freeze=frozen or None,
         lr0=stage.lr, lrf=1.0 if (stage.scheduler or recipe.optim.scheduler) == "constant" else 0.01,
         cos_lr=(stage.scheduler or recipe.optim.scheduler) != "constant",
-        warmup_epochs=warm * stage.epochs, warmup_bias_lr=0.0, close_mosaic=0, amp=t.precision not in ("fp32",),
+        warmup_epochs=warm * stage.epochs, warmup_bias_lr=0.0, close_mosaic=0,
+        amp={"fp32": False, "bf16": "bf16", "fp16": "fp16"}.get(t.precision, True),  # auto: Ultralytics' (fp16)
         project=str(run_dir.resolve() / "ultralytics"), name=f"stage{i}", exist_ok=True, plots=False, val=True,
         save=False, verbose=False, patience=stage.epochs + 1,  # early stopping is ours (train.early_stop)
         cache=False, **AUGMENT.get(recipe.data.augment, {}))
