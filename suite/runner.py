@@ -160,11 +160,13 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     seed_everything(recipe.train.seed)  # the new head's init: same recipe, same run
     model, groups = model_and_groups(mod, recipe, data.labels, recipe.model.weights)
     model.to(device)
-    synced = 0 if mod.own_trainer(recipe) else dist.sync_batchnorm(model, groups, recipe.train.sync_batchnorm, device)
+    synced, kept = (0, []) if mod.own_trainer(recipe) else dist.sync_batchnorm(model, groups,
+                                                                               recipe.train.sync_batchnorm, device)
     opts = fit_options(recipe, mod.default_metric(recipe))
     if main:
         ranks = f" x {dist.world()} processes (DDP, global batch {recipe.train.batch_size})" if dist.world() > 1 else ""
         ranks += f", {synced} SyncBatchNorm layers" if synced else ""
+        ranks += f" ({', '.join(kept)} layers stay per rank: no synchronized twin)" if kept else ""
         log(f"[{recipe.name}] training on {device}{ranks}: groups {', '.join(group_names(groups))}")
     trainer = mod.trainer(recipe, data)
     last_val = None

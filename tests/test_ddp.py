@@ -191,10 +191,10 @@ def test_sync_batchnorm_swaps_layers_in_place_and_keeps_groups_freezing_them(mon
     groups = vm.model_groups("resnet18", model)
     params, keys = [id(p) for p in model.parameters()], list(model.state_dict())
     monkeypatch.setattr(dist, "world", lambda: 2)
-    assert dist.sync_batchnorm(model, groups, "auto", torch.device("cpu")) == 0
+    assert dist.sync_batchnorm(model, groups, "auto", torch.device("cpu")) == (0, [])
     with pytest.raises(UserError, match="sync_batchnorm: true needs CUDA"):
         dist.sync_batchnorm(model, groups, "true", torch.device("cpu"))
-    assert dist.sync_batchnorm(model, groups, "auto", torch.device("cuda")) == 20
+    assert dist.sync_batchnorm(model, groups, "auto", torch.device("cuda")) == (20, [])
     assert not [m for m in model.modules() if type(m) is torch.nn.BatchNorm2d]
     assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
     stem = groups[0]
@@ -202,6 +202,30 @@ def test_sync_batchnorm_swaps_layers_in_place_and_keeps_groups_freezing_them(mon
     model.train()
     freeze_batchnorm(groups, [g.name for g in groups[1:]])
     assert all(not m.training for m in stem.modules if isinstance(m, torch.nn.SyncBatchNorm))
+
+
+def test_sync_batchnorm_keeps_the_activation_inside_timm_batchnorm_layers(monkeypatch):
+    """timm's BatchNormAct2d applies its activation inside the layer; a plain SyncBatchNorm would drop it (49
+    ReLU6 in tf_efficientnet_lite0). It becomes timm's SyncBatchNormAct: the same outputs in eval mode. A
+    BatchNorm subclass with no synchronized twin stays as it is, and is named."""
+    import timm
+
+    from suite.core import dist
+
+    class Custom(torch.nn.BatchNorm2d):
+        pass
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3).eval()
+    model.bn2 = Custom(model.bn2.num_features).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    n, kept = dist.sync_batchnorm(model, [], "auto", torch.device("cuda"))
+    with torch.no_grad():
+        after = model(x)
+    assert n == 48 and kept == ["Custom"] and type(model.bn2) is Custom
+    assert torch.allclose(before, after, atol=1e-6)
 
 
 def test_each_run_leaves_the_process_group_it_joined_even_on_an_error(tmp_path, monkeypatch):
