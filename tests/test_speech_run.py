@@ -50,6 +50,21 @@ def test_groups_cover_the_model_in_order(ctc):
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
 
 
+def test_a_frozen_feature_encoder_sends_no_gradient_through_its_convs():
+    """transformers' feature encoder asks for its input's gradient while its `_requires_grad` flag is on, frozen
+    or not: set_trainable turns the flag with the group, so a frozen conv stack is left out of the backward."""
+    from suite.core.groups import set_trainable
+
+    model = wav2vec2.build_model("wav2vec2-tiny", 5, "none", ctc=False).train()
+    groups = wav2vec2.groups(model)
+    seen = []
+    model.wav2vec2.feature_projection.register_forward_hook(lambda m, args, out: seen.append(args[0].requires_grad))
+    for trainable in ([g.name for g in groups[1:]], [g.name for g in groups]):
+        set_trainable(groups, trainable)
+        model(torch.randn(1, 4000)).logits.sum().backward()
+    assert seen == [False, True]
+
+
 def test_missing_hub_weights_offline_is_a_clear_error():
     with pytest.raises(UserError, match=r"facebook/wav2vec2-base.*huggingface-cli download facebook/wav2vec2-base"):
         wav2vec2.build_model("wav2vec2-base", 3, "facebook/wav2vec2-base", ctc=False)
