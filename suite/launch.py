@@ -28,6 +28,7 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     if nnodes > 1 and not _host_port(rdzv_endpoint):
         raise UserError(f"--nnodes > 1 needs --rdzv-endpoint HOST:PORT (machine 0's address and a free port there), "
                         f"got {rdzv_endpoint or 'none'}")
+    _check_gpus(device, nproc)
     worker = [sys.executable, "-m", "suite.cli", "run"]
     if resume:
         worker += ["--resume", str(resume)]
@@ -57,6 +58,20 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     env = {**os.environ, RESUME: again}
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "300")  # torchrun's grace before SIGKILL (30 s): the stop's
     return _supervise([*cmd, *worker[1:]], env)              # checkpoint of a large model can take longer
+
+
+def _check_gpus(device: str, nproc: int) -> None:
+    """One process per GPU: more processes than this machine's GPUs would fail in every extra worker with CUDA's
+    "invalid device ordinal"."""
+    import torch
+
+    if not (device == "auto" or device.startswith("cuda")) or not torch.cuda.is_available():
+        return
+    shown = torch.cuda.device_count()
+    if nproc > shown:
+        raise UserError(f"--nproc {nproc} on CUDA: this machine shows {shown} GPU{'s' * (shown != 1)} (one process "
+                        f"each; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): use --nproc "
+                        f"{shown}, or --device cpu for gloo processes")
 
 
 def _supervise(cmd: list[str], env: dict[str, str]) -> int:

@@ -390,6 +390,27 @@ def test_what_ultralytics_ddp_cannot_do_is_refused_before_any_process_starts(tra
     assert (old / "recipe.yaml").read_text() == "kept"
 
 
+def test_more_processes_than_gpus_and_a_bad_timeout_are_one_line_errors(monkeypatch):
+    """--nproc above the GPUs CUDA shows fails every extra worker with "invalid device ordinal": the launcher
+    says so first (CPU processes are not counted). The collectives' timeout is 3 hours unless set."""
+    from suite import launch
+    from suite.core import dist
+    from suite.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    launch._check_gpus("auto", 2)
+    launch._check_gpus("cpu", 8)
+    with pytest.raises(UserError, match="--nproc 4 on CUDA: this machine shows 2 GPUs .*use --nproc 2"):
+        launch._check_gpus("cuda", 4)
+    assert dist.timeout().total_seconds() == 3 * 3600
+    monkeypatch.setenv(dist.TIMEOUT_ENV, "90")
+    assert dist.timeout().total_seconds() == 90
+    monkeypatch.setenv(dist.TIMEOUT_ENV, "3h")
+    with pytest.raises(UserError, match="SUITE_DIST_TIMEOUT_S=3h: give the seconds"):
+        dist.timeout()
+
+
 def test_a_batch_smaller_than_the_world_is_refused_for_the_suites_loop(tmp_path):
     """The suite's loop slices each global batch over the ranks (one sample each at least)."""
     from suite.errors import UserError

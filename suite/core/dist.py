@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -53,9 +54,27 @@ def init(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     global _joined
     if not td.is_initialized():
-        td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
         _joined = True
     return device
+
+
+TIMEOUT_ENV = "SUITE_DIST_TIMEOUT_S"
+
+
+def timeout() -> timedelta:
+    """How long a rank waits in a collective: 3 hours (Ultralytics' DDP timeout), or ``SUITE_DIST_TIMEOUT_S``.
+    torch's defaults (NCCL 10 minutes, gloo 30) end a run whose rank 0 validates, generates data or exports
+    alone for longer while the others wait at its broadcast. A rank that dies ends the job sooner: torchrun
+    stops the others when one exits."""
+    raw = os.environ.get(TIMEOUT_ENV, "10800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise UserError(f"{TIMEOUT_ENV}={raw}: give the seconds a rank may wait for the others, e.g. 10800")
+    return timedelta(seconds=seconds)
 
 
 def finish() -> None:
