@@ -270,3 +270,32 @@ def test_unknown_select_metric_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="val/f1.*val/loss"):
         fit(model, groups, [Stage(epochs=1, train="all", lr=1e-2)], make_hooks(),
             FitOptions(select_metric="val/f1"), tmp_path, torch.device("cpu"))
+
+
+def test_auto_precision_is_native_bf16_or_fp16_on_a_gpu_and_fp32_on_cpu(monkeypatch):
+    """train.precision: auto. torch calls bf16 "supported" on pre-Ampere GPUs by emulating it (slow): only native
+    bf16 counts. A task may ask fp16 for auto (Faster R-CNN: box coordinates under autocast)."""
+    from suite.core.loop import autocast_dtype
+
+    gpu = torch.device("cuda")
+    native = {"ampere": True, "turing": False}
+    for arch, has in native.items():
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, has=has:
+                            has or including_emulation)
+        assert autocast_dtype("auto", gpu) == (torch.bfloat16 if has else torch.float16), arch
+        assert autocast_dtype("auto", gpu, torch.float16) == torch.float16
+        assert autocast_dtype("bf16", gpu) == torch.bfloat16 and autocast_dtype("fp32", gpu) is None
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+def test_cuda_rng_states_from_a_machine_with_more_gpus_restore_those_shown(monkeypatch):
+    """last.pt keeps every visible GPU's RNG; resumed where fewer are shown, the first ones are restored
+    (torch's set_rng_state_all would fail at CUDA's first use with an IndexError)."""
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
+    checkpoint.set_rng_state(state)
+    assert restored == [(0, 0), (1, 1)]

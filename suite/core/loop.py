@@ -39,12 +39,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on a GPU that has it, else fp16 on GPU; full fp32 on CPU (faster there)."""
+def autocast_dtype(precision: str, device: torch.device, auto: torch.dtype = torch.bfloat16) -> torch.dtype | None:
+    """auto: on a GPU ``auto`` (the task's choice, bf16 by default) where the GPU runs it natively, else fp16;
+    full fp32 on CPU (faster there). Emulated bf16 (torch's default answer on pre-Ampere GPUs) does not count."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = auto == torch.bfloat16 and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -86,6 +88,9 @@ class Hooks:
     cache: Callable[[nn.Module], features.CacheSpec] | str = "this task does not cache features"
     # the model before training, in place (e.g. channels_last for a CNN on a GPU); None: as it is
     prepare: Callable[[nn.Module], None] | None = None
+    # what train.precision: auto trains in on a GPU (fp16 where it lacks native bf16): a task whose training
+    # computes coordinates under autocast asks fp16 (bf16 rounds 800-1333 px boxes to 4-8 px steps)
+    auto_amp: torch.dtype = torch.bfloat16
 
 
 def seed_everything(seed: int) -> None:
@@ -119,7 +124,7 @@ class _Trainer:
         self.dir, self.device = Path(run_dir), device
         self.net = model  # what the training step calls: the model, or its DDP wrapper (per stage)
         self.names = group_names(groups)
-        self.amp = autocast_dtype(opts.precision, device)
+        self.amp = autocast_dtype(opts.precision, device, hooks.auto_amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.ema = None
         if opts.ema:
@@ -145,7 +150,8 @@ class _Trainer:
         if saved is not None:  # resume: same groups, so the saved optimizer state fits
             self.opt.load_state_dict(saved["optimizer"])
             self.sched.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
+            if saved["scaler"]:  # empty when saved without fp16 (resumed with -s train.precision=fp16: a new scale)
+                self.scaler.load_state_dict(saved["scaler"])
 
     def train_epoch(self, loader, desc: str, pos: Position, loss_fn=None) -> tuple[float, float]:
         """One epoch from batch ``pos.batch`` on (0, or where a stop signal left it). After each optimizer

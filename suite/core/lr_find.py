@@ -62,7 +62,7 @@ def lr_find(model: nn.Module, groups: Sequence[ParamGroup], stage: Stage, hooks:
 def _sweep(model, groups, stage, hooks, opts, device, start_lr, end_lr, steps, smooth, diverge) -> LRFindResult:
     trainable, opt = stage_optimizer(groups, stage, opts, "lr-find stage")
     base = [g["lr"] / stage.lr for g in opt.param_groups]  # each group's LR relative to the stage's
-    amp = autocast_dtype(opts.precision, device)
+    amp = autocast_dtype(opts.precision, device, hooks.auto_amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # as fit() does; a no-op otherwise
     model.train()
     freeze_batchnorm(groups, trainable)
