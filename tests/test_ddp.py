@@ -33,8 +33,10 @@ export: {{onnx: false}}
 
 
 def test_two_gloo_processes_train_like_one(tmp_path):
+    """3 batches an epoch, accumulated in windows of 2: from the second window on, a window's first batch keeps
+    its gradients local (DDP no_sync) and its last all-reduces them."""
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(root=tmp_path / "data"))
+    recipe.write_text(RECIPE.format(root=tmp_path / "data").replace("seed: 0}", "seed: 0, grad_accum: 2}"))
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
@@ -63,11 +65,11 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     cut = tmp_path / "cut"
     stopped = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
                               "--out", str(cut)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                             env={**env, "PYTHONPATH": str(tmp_path / "hook"), "STOP_AFTER_STEP": "4"})
+                             env={**env, "PYTHONPATH": str(tmp_path / "hook"), "STOP_AFTER_STEP": "3"})
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     hint = f"interrupted; continue with: suite run --resume {cut} --nproc 2 --device cpu"
     assert (stopped.stdout + stopped.stderr).count("interrupted; continue with") == 1 and hint in stopped.stderr
-    assert torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["position"]["batch"] == 1
+    assert torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["position"]["batch"] == 2
     again = subprocess.run([sys.executable, "-m", "suite.cli", "run", "--resume", str(cut), "--nproc", "2", "--device",
                             "cpu"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,6 +143,13 @@ class _Trainer:
         stage = self.stages[i]
         self.trainable, self.opt = stage_optimizer(self.groups, stage, self.o, f"schedule stage {i}")
         self.net = dist.wrap(self.model, self.device)  # per stage: DDP registers the trainable parameters only
+        # under DDP with train.grad_accum > 1, a micro-batch that ends no window keeps its gradients local
+        # (no_sync) and the window's last backward all-reduces their sum: one all-reduce per step, not per batch.
+        # Not in a stage's first window, where static_graph records the graph (no_sync there fails DDP's
+        # "expect_autograd_hooks_" assert), nor under torch.compile (not run with it here)
+        accumulating = self.o.grad_accum > 1 and self.o.compile == "false"
+        self.ddp = self.net if accumulating and isinstance(self.net, nn.parallel.DistributedDataParallel) else None
+        self.ddp_recorded = False
         if self.o.compile != "false":  # per stage too: the trainable set is part of what is traced
             self.net = torch.compile(self.net, backend="inductor" if self.o.compile == "true" else self.o.compile)
         total = stage.epochs * math.ceil(steps_per_epoch / self.o.grad_accum)
@@ -169,15 +177,17 @@ class _Trainer:
                 if i + 1 == done:
                     checkpoint.set_rng_state(self.resume_rng)  # every RNG as it was after that step
                 continue
-            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                loss = loss_fn(self.net, batch)
-            if not self.nonfinite.check(loss):
-                self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
-                continue
-            if self.late_zero and i % self.o.grad_accum == 0:  # a window's first batch: the last step's gradients go
-                self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss / self.o.grad_accum).backward()
             stepped = (i + 1) % self.o.grad_accum == 0 or i + 1 == len(loader)
+            local = self.ddp.no_sync() if self.ddp is not None and self.ddp_recorded and not stepped else nullcontext()
+            with local:
+                with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    loss = loss_fn(self.net, batch)
+                if not self.nonfinite.check(loss):
+                    self.opt.zero_grad(set_to_none=True)  # drop what this accumulation window gathered
+                    continue
+                if self.late_zero and i % self.o.grad_accum == 0:  # a window's first batch: the last step's go
+                    self.opt.zero_grad(set_to_none=True)
+                self.scaler.scale(loss / self.o.grad_accum).backward()
             if stepped:
                 self._step()
             total, count = total + loss.item(), count + 1
@@ -198,6 +208,7 @@ class _Trainer:
         return dist.any_rank(bool(self.stop))
 
     def _step(self) -> None:
+        self.ddp_recorded = True
         if self.o.clip_grad:
             self.scaler.unscale_(self.opt)
             params = [p for g in self.opt.param_groups for p in g["params"]]
