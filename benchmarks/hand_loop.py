@@ -25,7 +25,7 @@ ap.add_argument("--size", type=int, default=64)
 ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--lr", type=float, default=1e-3)
 ap.add_argument("--tuned", action="store_true")
-ap.add_argument("--device", default="cpu")  # cuda: bf16 autocast, channels_last, pinned memory, 8 workers
+ap.add_argument("--device", default="cpu")  # cuda: bf16 autocast training, channels_last, pinned memory, 8 workers
 a = ap.parse_args()
 torch.manual_seed(0)
 tf = T.Compose([T.Resize(a.size), T.CenterCrop(a.size), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406],
@@ -56,8 +56,7 @@ for epoch in range(a.epochs):
     correct = 0
     with torch.inference_mode():
         for x, y in val_dl:
-            with torch.autocast(a.device, dtype=torch.bfloat16, enabled=gpu):
-                out = model(x.to(a.device, non_blocking=True, memory_format=fmt))
+            out = model(x.to(a.device, non_blocking=True, memory_format=fmt))  # fp32, as the suite evaluates
             correct += int((out.argmax(1).cpu() == y).sum())
     print(f"epoch {epoch + 1} seconds={time.perf_counter() - began:.3f} val_accuracy={correct / len(val):.4f}",
           flush=True)
