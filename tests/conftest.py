@@ -22,7 +22,14 @@ def _no_network(monkeypatch):
     def guard(*args, **kwargs):
         raise OSError("network access is blocked in tests")
 
-    monkeypatch.setattr(socket.socket, "connect", guard)
+    connect = socket.socket.connect
+
+    def local_only(sock, address, *args):  # AF_UNIX: DataLoader workers hand tensors over such sockets
+        if sock.family == socket.AF_UNIX:
+            return connect(sock, address, *args)
+        return guard()
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
     monkeypatch.setattr(socket, "create_connection", guard)
 
 

@@ -53,8 +53,12 @@ def _same_files(a: Path, b: Path) -> None:
     assert read_history(a / "history.csv", times=False) == read_history(b / "history.csv", times=False)
 
 
-def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, tmp_path, monkeypatch):
-    whole = run(recipe, [], tmp_path / "whole")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, tmp_path, monkeypatch, workers):
+    """With 2 loader workers, kept across epochs (persistent), each reseeded from (seed, epoch, worker) at an
+    epoch's first sample: the resumed run's fresh workers draw epoch 2's augmentations as the first run's did."""
+    over = [f"data.num_workers={workers}"]
+    whole = run(recipe, over, tmp_path / "whole")
     steps, real = [0], _Trainer._step
 
     def step_then_signal(self):
@@ -65,7 +69,7 @@ def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, t
 
     monkeypatch.setattr(_Trainer, "_step", step_then_signal)
     with pytest.raises(Interrupted) as stopped:
-        run(recipe, [], tmp_path / "cut")
+        run(recipe, over, tmp_path / "cut")
     monkeypatch.undo()
     assert stopped.value.exit_code == 143 and stopped.value.run_dir == tmp_path / "cut"
     saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)

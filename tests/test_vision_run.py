@@ -188,13 +188,13 @@ def test_the_last_epochs_validation_is_reused_when_it_scored_the_best_weights(tm
     instead of computing it again. With EMA the loop scored the average's copy, so the run evaluates again."""
     from suite.vision.task import VisionModality
 
-    calls, real = [], VisionModality.evaluate
+    calls, real = [], VisionModality._evaluate  # evaluate's body: the loop's validation calls it directly
 
-    def evaluate(self, recipe, model, data, split, device):
+    def evaluate(self, recipe, model, data, split, device, loader):
         calls.append(split)
-        return real(self, recipe, model, data, split, device)
+        return real(self, recipe, model, data, split, device, loader)
 
-    monkeypatch.setattr(VisionModality, "evaluate", evaluate)
+    monkeypatch.setattr(VisionModality, "_evaluate", evaluate)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""\
 name: once

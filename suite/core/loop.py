@@ -137,6 +137,7 @@ class _Trainer:
         self.best_weights: dict | None = None  # a best epoch's weights (CPU copy) not written yet; rank 0
         self.saved_at = time.monotonic()  # when last.pt was last written (or training began)
         self.late_zero = late_zero(device)
+        self.workers = _Workers(opts.seed)  # the training loader's worker processes, kept across epochs
 
     # ----- one stage ---------------------------------------------------------------------
     def begin_stage(self, i: int, steps_per_epoch: int, saved: dict | None):
@@ -348,6 +349,7 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
             pos.next_stage()
         failed = False
     finally:
+        trainer.workers.close()
         if writer is not None:
             writer.close()
         if wait or failed:
@@ -402,7 +404,7 @@ def _stage_epochs(t: _Trainer, pos: Position, stage: Stage, spec, cache, build_s
         if cache is not None:
             train_loss, lr, metrics = t.cached_epoch(spec, cache, loader, desc, pos)
         else:
-            train_loss, lr = t.train_epoch(dist.shard(loader), desc, pos)
+            train_loss, lr = t.train_epoch(t.workers.serve(dist.shard(loader), pos.epoch), desc, pos)
             # rank 0 validates, every rank gets its metrics (the same best epoch and early stop everywhere)
             metrics = dist.broadcast(t.hooks.evaluate(t.eval_model).prefixed("val") if dist.is_main() else None)
         seconds = round(time.perf_counter() - began, 3)  # training + evaluation (after a resume: its part)
@@ -415,6 +417,67 @@ def _stage_epochs(t: _Trainer, pos: Position, stage: Stage, spec, cache, build_s
             if not stop:  # it came while the epoch was being recorded
                 t.save_last(pos, force=True)
             raise Interrupted(t.stop.number(), t.dir, f"after epoch {pos.epoch}")
+
+
+class _Workers:
+    """Loader worker processes kept from one epoch to the next (persistent_workers), with each epoch's randomness
+    still a function of (seed, epoch), so that a resumed run draws what an uninterrupted one drew. The modality's
+    loader for an epoch gives the batches (its seeded sampler, drawn here in the main process, as the loader
+    itself would draw them) and the dataset; one DataLoader with persistent workers serves them, and each worker
+    reseeds torch, random and numpy from (seed, epoch, worker id) at its first sample of an epoch. Fresh workers
+    every epoch cost the processes' start and the first batches' wait: 8 workers on the 2-core box, 0.18-0.28 s
+    to the first batch against 0.06 s (torchvision FakeData, 64 px, batch 32). A loader without workers, or a
+    dataset made anew each epoch (speech, Faster R-CNN), is used as it is."""
+
+    def __init__(self, seed: int):
+        self.seed, self.loader, self.key = seed, None, None
+
+    def serve(self, loader, epoch: int):
+        if not isinstance(loader, DataLoader) or loader.num_workers == 0:
+            return loader
+        key = (loader.dataset, loader.collate_fn, loader.num_workers, loader.pin_memory)
+        if self.key is None or any(a is not b for a, b in zip(key, self.key)):
+            self.close()
+            self.batches = _EpochBatches()
+            self.loader = DataLoader(_EpochSeeded(loader.dataset, self.seed), batch_sampler=self.batches,
+                                     collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                                     pin_memory=loader.pin_memory, persistent_workers=True)
+            self.key = key
+        self.batches.epoch, self.batches.batches = epoch, [b.tolist() for b in features.index_batches(loader)]
+        return self.loader
+
+    def close(self) -> None:
+        self.loader = self.key = None  # the last reference: its iterator's __del__ stops the workers
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    def __init__(self):
+        self.epoch, self.batches = 0, []
+
+    def __iter__(self):
+        return iter([[(self.epoch, i) for i in b] for b in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _EpochSeeded(torch.utils.data.Dataset):
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and epoch != self.epoch:
+            self.epoch = epoch
+            seed = ((self.seed * 1_000_003 + epoch) * 1_009 + worker.id) % 2**63
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        return self.dataset[i]
 
 
 class _Sized:

@@ -109,8 +109,12 @@ class VisionModality:
             x = batch[0].to(device, non_blocking=True, memory_format=layout["format"])
             return head_loss(model(x), batch[1])
 
+        kept: list[DataLoader] = []  # the validation loader, made once: with workers, they serve every epoch
+
         def evaluate(model: nn.Module) -> EvalResult:
-            return self.evaluate(recipe, model, data, "val", device)
+            if not kept:
+                kept.append(self._eval_loader(recipe, data, "val", persistent=True))
+            return self._evaluate(recipe, model, data, "val", device, kept[0])
 
         def cache(model: nn.Module) -> CacheSpec:
             blocker = None
@@ -160,20 +164,28 @@ class VisionModality:
                 "before": source.score(before, dataset, len(labels), device, bs),
                 "after": source.score(after, dataset, len(labels), device, bs)}
 
-    def _eval_loader(self, recipe: Recipe, data, split: str) -> DataLoader:
+    def _eval_loader(self, recipe: Recipe, data, split: str, persistent: bool = False) -> DataLoader:
+        """``persistent``: worker processes (if any) kept for the next pass, not started again (the per-epoch
+        validation; there is no randomness in evaluation to reseed)."""
         bs = recipe.train.eval_batch_size or recipe.train.batch_size * 2
-        return DataLoader(getattr(data, split), batch_size=bs, shuffle=False, num_workers=loader_workers(recipe.data.num_workers))
+        workers = loader_workers(recipe.data.num_workers)
+        return DataLoader(getattr(data, split), batch_size=bs, shuffle=False, num_workers=workers,
+                          persistent_workers=persistent and workers > 0, pin_memory=torch.cuda.is_available())
 
     def evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device) -> EvalResult | None:
+        return self._evaluate(recipe, model, data, split, device, None)
+
+    def _evaluate(self, recipe: Recipe, model: nn.Module, data, split: str, device: torch.device,
+                  loader: DataLoader | None) -> EvalResult | None:
         if getattr(data, split) is None:
             return None
         model.eval()
 
         def scored():
             with torch.inference_mode():
-                for x, y in tqdm(self._eval_loader(recipe, data, split), desc=f"eval {split}", leave=False,
-                                 dynamic_ncols=True, disable=None):
-                    yield model(x.to(device)).float().cpu(), y
+                for x, y in tqdm(loader or self._eval_loader(recipe, data, split), desc=f"eval {split}",
+                                 leave=False, dynamic_ncols=True, disable=None):
+                    yield model(x.to(device, non_blocking=True)).float().cpu(), y
 
         return self._score(recipe, data, scored())
 
