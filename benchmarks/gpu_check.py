@@ -167,6 +167,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"gpu-{a.part}.json").unlink(missing_ok=True)  # an earlier run's, which an error would be merged into
     try:
         result = {"resnet50": resnet50, "wav2vec2": wav2vec2, "suite": suite_checks}[a.part](a)
     except Exception as e:  # the one GPU run must bring back why a part failed, next to what it measured before

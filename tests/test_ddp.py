@@ -408,9 +408,10 @@ def test_more_processes_than_gpus_and_a_bad_timeout_are_one_line_errors(monkeypa
     assert dist.timeout().total_seconds() == 3 * 3600
     monkeypatch.setenv(dist.TIMEOUT_ENV, "90")
     assert dist.timeout().total_seconds() == 90
-    monkeypatch.setenv(dist.TIMEOUT_ENV, "3h")
-    with pytest.raises(UserError, match="SUITE_DIST_TIMEOUT_S=3h: give the seconds"):
-        dist.timeout()
+    for bad in ("3h", "inf"):
+        monkeypatch.setenv(dist.TIMEOUT_ENV, bad)
+        with pytest.raises(UserError, match=f"SUITE_DIST_TIMEOUT_S={bad}: give the seconds"):
+            dist.timeout()
 
 
 def test_a_batch_smaller_than_the_world_is_refused_for_the_suites_loop(tmp_path):

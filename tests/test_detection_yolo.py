@@ -9,7 +9,7 @@ from suite.core.loop import FitOptions
 from suite.core.report import read_history
 from suite.detection import yolo
 from suite.detection.task import DetectionModality
-from suite.errors import TrainingDiverged
+from suite.errors import TrainingDiverged, UserError
 from suite.runner import run
 from suite.tasks import load_recipe
 
@@ -175,18 +175,27 @@ def test_ultralytics_amp_check_loads_no_pickle_on_cuda(monkeypatch, recipe_file,
     calls = []
     monkeypatch.setattr(ut, "check_amp", lambda model: calls.append(model) or False)
     on_cuda = type("OnCuda", (), {"parameters": lambda self: iter([type("P", (), {"device": torch.device("cuda")})])})()
+    gpu_name = ["NVIDIA H200"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu_name[0])
     on_cpu = torch.nn.Linear(2, 2)
     real = ut.check_amp
     with yolo._no_amp_check():
         assert ut.check_amp(on_cuda) is True and calls == []
         assert ut.check_amp(on_cpu) is False and calls == [on_cpu]
+        gpu_name[0] = "NVIDIA GeForce GTX 1650"  # fp16 breaks there: Ultralytics' answer (False), no file loaded
+        assert ut.check_amp(on_cuda) is False and len(calls) == 2
     assert ut.check_amp is real
-    amps = {}
-    for precision in ("auto", "fp32", "bf16", "fp16"):
+
+    def amp(precision, device):
         recipe = load_recipe(recipe_file, [f"train.precision={precision}"])
-        args = yolo.stage_args(recipe, tmp_path / "d.yaml", recipe.stages()[0], 0, [], torch.device("cpu"), tmp_path)
-        amps[precision] = args["amp"]
-    assert amps == {"auto": True, "fp32": False, "bf16": "bf16", "fp16": "fp16"}
+        return yolo.stage_args(recipe, tmp_path / "d.yaml", recipe.stages()[0], 0, [], device, tmp_path)["amp"]
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert [amp(p, cpu) for p in ("auto", "fp32", "fp16")] == [True, False, "fp16"]
+    with pytest.raises(UserError, match="train.precision: bf16 for YOLO needs a CUDA GPU with native bf16"):
+        amp("bf16", cpu)  # Ultralytics' autocast would raise at the first batch
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp("bf16", gpu) == "bf16"
 
 
 def test_using_yolo_leaves_pil_open_alone(recipe_file):

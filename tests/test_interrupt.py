@@ -53,10 +53,13 @@ def _same_files(a: Path, b: Path) -> None:
     assert read_history(a / "history.csv", times=False) == read_history(b / "history.csv", times=False)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, tmp_path, monkeypatch, workers):
-    """With 2 loader workers, kept across epochs (persistent), each reseeded from (seed, epoch, worker) at an
-    epoch's first sample: the resumed run's fresh workers draw epoch 2's augmentations as the first run's did."""
+@pytest.mark.parametrize("workers, stop_after, position", [(0, 9, (1, 3)), (2, 6, (1, 0))])
+def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, tmp_path, monkeypatch, workers,
+                                                                         stop_after, position):
+    """Stopped at the 3rd of 6 steps of epoch 2, or with 2 loader workers at the end of epoch 1. The workers are
+    kept across epochs (persistent), each reseeded from (seed, epoch, worker) at an epoch's first sample: the
+    resumed run's fresh workers draw epoch 2's augmentations as the first run's kept ones did, and the kept
+    loader's own generator leaves the global RNG (the head's dropout) as a resumed run finds it."""
     over = [f"data.num_workers={workers}"]
     whole = run(recipe, over, tmp_path / "whole")
     steps, real = [0], _Trainer._step
@@ -64,7 +67,7 @@ def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, t
     def step_then_signal(self):
         real(self)
         steps[0] += 1
-        if steps[0] == 9:  # the 3rd of 6 steps of epoch 2: augmentation, dropout and EMA all mid-way
+        if steps[0] == stop_after:  # 9: augmentation, dropout and EMA all mid-way through epoch 2
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(_Trainer, "_step", step_then_signal)
@@ -73,7 +76,7 @@ def test_sigterm_inside_an_epoch_checkpoints_there_and_resumes_bitwise(recipe, t
     monkeypatch.undo()
     assert stopped.value.exit_code == 143 and stopped.value.run_dir == tmp_path / "cut"
     saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
-    assert (saved["position"]["epoch"], saved["position"]["batch"]) == (1, 3)
+    assert (saved["position"]["epoch"], saved["position"]["batch"]) == position
     assert saved["ema"] is not None and saved["optimizer"]["state"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
 

@@ -72,7 +72,7 @@ def timeout() -> timedelta:
         seconds = float(raw)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
+    if not 0 < seconds < 10**9:  # also inf and nan
         raise UserError(f"{TIMEOUT_ENV}={raw}: give the seconds a rank may wait for the others, e.g. 10800")
     return timedelta(seconds=seconds)
 

@@ -92,6 +92,8 @@ class Hooks:
     # what train.precision: auto trains in on a GPU (fp16 where it lacks native bf16): a task whose training
     # computes coordinates under autocast asks fp16 (bf16 rounds 800-1333 px boxes to 4-8 px steps)
     auto_amp: torch.dtype = torch.bfloat16
+    # what fit calls when it ends, however it ends (e.g. stop the validation loader's kept worker processes)
+    close: Callable[[], None] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -147,7 +149,8 @@ class _Trainer:
         # under DDP with train.grad_accum > 1, a micro-batch that ends no window keeps its gradients local
         # (no_sync) and the window's last backward all-reduces their sum: one all-reduce per step, not per batch.
         # Not in a stage's first window, where static_graph records the graph (no_sync there fails DDP's
-        # "expect_autograd_hooks_" assert), nor under torch.compile (not run with it here)
+        # "expect_autograd_hooks_" assert), nor under torch.compile (not run with it here). A run resumed inside a
+        # stage therefore all-reduces its first window batch by batch: equal to the unstopped run to float rounding
         accumulating = self.o.grad_accum > 1 and self.o.compile == "false"
         self.ddp = self.net if accumulating and isinstance(self.net, nn.parallel.DistributedDataParallel) else None
         self.ddp_recorded = False
@@ -350,6 +353,8 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
         failed = False
     finally:
         trainer.workers.close()
+        if hooks.close is not None:
+            hooks.close()
         if writer is not None:
             writer.close()
         if wait or failed:
@@ -424,10 +429,13 @@ class _Workers:
     still a function of (seed, epoch), so that a resumed run draws what an uninterrupted one drew. The modality's
     loader for an epoch gives the batches (its seeded sampler, drawn here in the main process, as the loader
     itself would draw them) and the dataset; one DataLoader with persistent workers serves them, and each worker
-    reseeds torch, random and numpy from (seed, epoch, worker id) at its first sample of an epoch. Fresh workers
-    every epoch cost the processes' start and the first batches' wait: 8 workers on the 2-core box, 0.18-0.28 s
-    to the first batch against 0.06 s (torchvision FakeData, 64 px, batch 32). A loader without workers, or a
-    dataset made anew each epoch (speech, Faster R-CNN), is used as it is."""
+    reseeds torch, random and numpy from (seed, epoch, rank, worker id) at its first sample of an epoch (state a
+    dataset keeps elsewhere is its own to seed by epoch). Fresh workers every epoch cost the processes' start and
+    the first batches' wait (benchmarks/bench_workers.py). A loader without workers is used as it is; a dataset
+    made anew each epoch (speech, Faster R-CNN) gets a new DataLoader that epoch, whose workers start again."""
+
+    OPTIONS = ("collate_fn", "num_workers", "pin_memory", "worker_init_fn", "timeout", "prefetch_factor",
+               "multiprocessing_context")
 
     def __init__(self, seed: int):
         self.seed, self.loader, self.key = seed, None, None
@@ -435,19 +443,32 @@ class _Workers:
     def serve(self, loader, epoch: int):
         if not isinstance(loader, DataLoader) or loader.num_workers == 0:
             return loader
-        key = (loader.dataset, loader.collate_fn, loader.num_workers, loader.pin_memory)
-        if self.key is None or any(a is not b for a, b in zip(key, self.key)):
+        key = (loader.dataset, *(getattr(loader, k) for k in self.OPTIONS))
+        if self.key is None or any(a is not b and a != b for a, b in zip(key, self.key)):
             self.close()
             self.batches = _EpochBatches()
-            self.loader = DataLoader(_EpochSeeded(loader.dataset, self.seed), batch_sampler=self.batches,
-                                     collate_fn=loader.collate_fn, num_workers=loader.num_workers,
-                                     pin_memory=loader.pin_memory, persistent_workers=True)
+            options = {k: getattr(loader, k) for k in self.OPTIONS}
+            # its own generator: the iterator's base-seed draw (once, at the first epoch it serves) must not take
+            # a number from the global RNG, which a run resumed at a later epoch would not draw there
+            self.loader = DataLoader(_EpochSeeded(loader.dataset, self.seed * 1_009 + dist.rank()),
+                                     batch_sampler=self.batches, persistent_workers=True,
+                                     generator=torch.Generator().manual_seed(self.seed), **options)
             self.key = key
         self.batches.epoch, self.batches.batches = epoch, [b.tolist() for b in features.index_batches(loader)]
         return self.loader
 
     def close(self) -> None:
-        self.loader = self.key = None  # the last reference: its iterator's __del__ stops the workers
+        """Stop the worker processes now (also when an exception's traceback still holds the loader)."""
+        stop_workers(self.loader)
+        self.loader = self.key = None
+
+
+def stop_workers(loader) -> None:
+    """End a DataLoader's worker processes, if it has any running (persistent ones stay until then)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
 
 
 class _EpochBatches(torch.utils.data.Sampler):
@@ -462,7 +483,7 @@ class _EpochBatches(torch.utils.data.Sampler):
 
 
 class _EpochSeeded(torch.utils.data.Dataset):
-    def __init__(self, dataset, seed: int):
+    def __init__(self, dataset, seed: int):  # seed: the run's and this rank's
         self.dataset, self.seed, self.epoch = dataset, seed, None
 
     def __len__(self) -> int:
@@ -473,7 +494,7 @@ class _EpochSeeded(torch.utils.data.Dataset):
         worker = torch.utils.data.get_worker_info()
         if worker is not None and epoch != self.epoch:
             self.epoch = epoch
-            seed = ((self.seed * 1_000_003 + epoch) * 1_009 + worker.id) % 2**63
+            seed = ((self.seed * 1_000_003 + epoch) * 1_013 + worker.id) % 2**63
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)

@@ -47,6 +47,8 @@ def lr_find(model: nn.Module, groups: Sequence[ParamGroup], stage: Stage, hooks:
         raise ValueError(f"lr-find needs at least 5 steps, got {steps}")
     saved = copy.deepcopy(model.state_dict())
     flags = [p.requires_grad for p in model.parameters()]
+    module_flags = [(m, m._requires_grad) for m in model.modules()  # transformers' (groups.set_trainable)
+                    if isinstance(getattr(m, "_requires_grad", None), bool)]
     rng = checkpoint.rng_state()
     was_training = model.training
     try:
@@ -55,6 +57,8 @@ def lr_find(model: nn.Module, groups: Sequence[ParamGroup], stage: Stage, hooks:
         model.load_state_dict(saved)
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
+        for m, flag in module_flags:
+            m._requires_grad = flag
         checkpoint.set_rng_state(rng)
         model.train(was_training)
 

@@ -227,9 +227,8 @@ def _trainer_class():
             The scaler is updated either way: under fp16 AMP (Ultralytics' on CUDA) an overflow is what lowers its
             scale; skipping update() there kept the scale, so every later step overflowed and was skipped too."""
             self.scaler.unscale_(self.optimizer)  # a no-op when AMP is off
-            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one host sync
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)  # inf/nan: not finite
+            if bool(torch.isfinite(norm)):  # one host sync
                 self.scaler.step(self.optimizer)
                 if self.ema:
                     self.ema.update(self.model)
@@ -246,6 +245,8 @@ def _trainer_class():
             self.optimizer.load_state_dict(state["optimizer"])
             self.ema.ema.load_state_dict(state["ema"])
             self.ema.updates = state["updates"]
+            if state.get("scaler"):  # empty without AMP; absent from an older last.pt
+                self.scaler.load_state_dict(state["scaler"])
             self.start_epoch = state["epoch"]
 
         suite_device: torch.device | None = None  # under DDP: this rank's device, chosen by suite.core.dist.init
@@ -298,6 +299,12 @@ def _cpu_ddp():
         nn.parallel.DistributedDataParallel = real
 
 
+# Ultralytics' check_amp answers False for these GPUs (fp16 AMP gives NaN losses or zero mAP there) before it
+# loads anything; the suite leaves them to it
+UNSAFE_FP16 = re.compile(r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)",
+                         re.IGNORECASE)
+
+
 @contextlib.contextmanager
 def _no_amp_check():
     import ultralytics.engine.trainer as ut
@@ -305,8 +312,9 @@ def _no_amp_check():
     real = ut.check_amp
 
     def trust_amp(model) -> bool:
-        if next(model.parameters()).device.type != "cuda":
-            return real(model)  # False on CPU and MPS, decided before it loads anything
+        device = next(model.parameters()).device
+        if device.type != "cuda" or UNSAFE_FP16.search(torch.cuda.get_device_name(device)):
+            return real(model)  # False on CPU, MPS and the GPUs it knows fp16 breaks on, before it loads anything
         logging.getLogger("ultralytics").info(
             "AMP: fp16 with a GradScaler (train.precision auto or fp16; Ultralytics' check_amp, which would load "
             "yolo26n.pt as a pickle, is not run)")
@@ -353,6 +361,9 @@ AUGMENT = {  # recipe data.augment -> Ultralytics hyper-parameters
 def stage_args(recipe, data_yaml: Path, stage: Stage, i: int, frozen: list[int], device: torch.device,
                run_dir: Path) -> dict:
     t = recipe.train
+    if t.precision == "bf16" and not (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)):
+        raise UserError(f"train.precision: bf16 for YOLO needs a CUDA GPU with native bf16 (Ultralytics' autocast "
+                        f"refuses it on {device.type if device.type != 'cuda' else 'this GPU'}): use auto or fp32")
     warm = (stage.warmup if stage.warmup is not None else recipe.optim.warmup) or 0.0
     return dict(
         model=f"{recipe.model.arch}.yaml", data=str(data_yaml), epochs=stage.epochs, batch=t.batch_size,
@@ -449,7 +460,8 @@ def _save(run_dir: Path, model, pos: Position, best: dict, trainer=None) -> None
              "rng": checkpoint.rng_state(), "trainer": "ultralytics", "inside": None}
     if trainer is not None:
         state["inside"] = {"optimizer": trainer.optimizer.state_dict(), "ema": trainer.ema.ema.state_dict(),
-                           "updates": trainer.ema.updates, "epoch": pos.stage_epoch}
+                           "updates": trainer.ema.updates, "epoch": pos.stage_epoch,
+                           "scaler": trainer.scaler.state_dict()}  # fp16 AMP: the scale it had come down to
     checkpoint.save_state(run_dir / LAST, state)
 
 

@@ -15,7 +15,7 @@ from suite.core.data import loader_workers
 from suite.core.export import ExportSpec, OnnxIO, OnnxModel
 from suite.core.features import CacheSpec
 from suite.core.groups import ParamGroup
-from suite.core.loop import Hooks
+from suite.core.loop import Hooks, stop_workers
 from suite.core.metrics import ClassificationEvaluator, EvalResult, RegressionEvaluator, check_metric_names
 from suite.errors import UserError
 from suite.recipe import Recipe
@@ -127,8 +127,13 @@ class VisionModality:
                              val_metrics=lambda scored: self._score(recipe, data, scored).prefixed("val"),
                              blocker=blocker)
 
+        def close() -> None:
+            for loader in kept:
+                stop_workers(loader)
+            kept.clear()
+
         return Hooks(loss=loss, evaluate=evaluate, train_loader=lambda epoch: self._train_loader(recipe, data, epoch),
-                     cache=cache, prepare=prepare)
+                     cache=cache, prepare=prepare, close=close)
 
     def _criterion(self, recipe: Recipe, data) -> nn.Module:
         if _regression(recipe):
