@@ -194,7 +194,7 @@ class _Trainer:
                 self.scaler.scale(loss / self.o.grad_accum).backward()
             if stepped:
                 self._step()
-            total, count = total + loss.item(), count + 1
+            total, count = total + self.nonfinite.value, count + 1  # read before backward: no second wait
             bar.set_postfix(loss=f"{total / count:.4f}")
             if stepped and self.stopping() and i + 1 < len(loader):
                 pos.batch = i + 1
@@ -519,11 +519,12 @@ class NonFinite:
 
     def __init__(self, limit: int):
         self.limit, self.count = limit, 0
+        self.value = math.nan  # the last loss checked, as a float (one device-to-host read a step)
 
     def check(self, loss) -> bool:
         """True when ``loss`` is finite (train on it); False to skip the batch; raises at the limit. Under DDP a
         batch is skipped when any rank's loss is not finite, so every rank skips the same step."""
-        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+        value = self.value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
         if dist.any_rank(not math.isfinite(value)):
             value = math.nan
         if math.isfinite(value):
