@@ -299,3 +299,49 @@ def test_cuda_rng_states_from_a_machine_with_more_gpus_restore_those_shown(monke
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
     checkpoint.set_rng_state(state)
     assert restored == [(0, 0), (1, 1)]
+
+
+class _EpochProbe(torch.utils.data.Dataset):
+    """Each item: the worker's pid, the epoch its copy was told, and a draw from torch's RNG."""
+
+    def __init__(self):
+        self.epoch = -1
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        import os
+        return torch.tensor([os.getpid(), self.epoch, i]), torch.rand(())
+
+
+def test_kept_loader_workers_serve_every_epoch_and_draw_what_fresh_ones_would():
+    """One worker process for both epochs, told each epoch (set_epoch on its copy); the same batches as the
+    modality's loader; epoch 2's draws equal those of a fresh server that starts at epoch 2 (a resumed run)."""
+    from suite.core.loop import _Workers
+
+    probe = _EpochProbe()
+
+    def loader(epoch):
+        gen = torch.Generator().manual_seed(epoch)
+        return DataLoader(probe, batch_size=2, shuffle=True, generator=gen, num_workers=1)
+
+    kept, fresh = _Workers(seed=3), _Workers(seed=3)
+    try:
+        epochs = [list(kept.serve(loader(e), e)) for e in (0, 1)]
+        resumed = list(fresh.serve(loader(1), 1))
+    finally:
+        kept.close()
+        fresh.close()
+    pids = {int(x[0]) for batches in epochs for ids, _ in batches for x in ids}
+    assert len(pids) == 1  # kept, not started again
+    for e, batches in enumerate(epochs):
+        assert all(int(x[1]) == e for ids, _ in batches for x in ids)
+        order = [[int(x[2]) for x in ids] for ids, _ in batches]  # as the modality's loader, without workers
+        assert order == [[int(x[2]) for x in ids] for ids, _ in
+                         DataLoader(probe, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(e))]
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(epochs[1], resumed))
+    assert not torch.equal(epochs[0][0][1], epochs[1][0][1])

@@ -83,7 +83,9 @@ class Hooks:
 
     loss: Callable[[nn.Module, object], torch.Tensor]  # one batch -> scalar loss (moves the batch itself)
     evaluate: Callable[[nn.Module], EvalResult]  # the validation split's result; history gets .prefixed("val")
-    train_loader: Callable[[int], Iterable]  # epoch -> loader (seeded per epoch, so resume is exact)
+    # epoch -> loader (seeded per epoch, so resume is exact); return the same dataset object every epoch (with a
+    # set_epoch method for per-epoch state), so that worker processes can be kept across epochs (_Workers)
+    train_loader: Callable[[int], Iterable]
     on_epoch_end: Sequence[Callable[[Position], None]] = ()
     # model -> what cached feature extraction needs (suite.core.features); a string: why it does not apply
     cache: Callable[[nn.Module], features.CacheSpec] | str = "this task does not cache features"
@@ -429,10 +431,11 @@ class _Workers:
     still a function of (seed, epoch), so that a resumed run draws what an uninterrupted one drew. The modality's
     loader for an epoch gives the batches (its seeded sampler, drawn here in the main process, as the loader
     itself would draw them) and the dataset; one DataLoader with persistent workers serves them, and each worker
-    reseeds torch, random and numpy from (seed, epoch, rank, worker id) at its first sample of an epoch (state a
-    dataset keeps elsewhere is its own to seed by epoch). Fresh workers every epoch cost the processes' start and
-    the first batches' wait (benchmarks/bench_workers.py). A loader without workers is used as it is; a dataset
-    made anew each epoch (speech, Faster R-CNN) gets a new DataLoader that epoch, whose workers start again."""
+    reseeds torch, random and numpy from (seed, epoch, rank, worker id) at its first sample of an epoch, and
+    calls its copy's ``set_epoch(epoch)`` where the dataset has one (speech seeds its augmentation by epoch: the
+    main process's call does not reach a worker's copy); other state a dataset keeps is its own to seed. Fresh
+    workers every epoch cost the processes' start and the first batches' wait (benchmarks/bench_workers.py). A
+    loader without workers is used as it is; a dataset made anew each epoch gets a new DataLoader that epoch."""
 
     OPTIONS = ("collate_fn", "num_workers", "pin_memory", "worker_init_fn", "timeout", "prefetch_factor",
                "multiprocessing_context")
@@ -498,6 +501,8 @@ class _EpochSeeded(torch.utils.data.Dataset):
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
+            if callable(set_epoch := getattr(self.dataset, "set_epoch", None)):  # this worker's copy of it
+                set_epoch(epoch)
         return self.dataset[i]
 
 

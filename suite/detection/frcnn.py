@@ -220,9 +220,9 @@ def collate(batch):
     return tuple(zip(*batch))
 
 
-def loader(samples, transform, batch_size: int, shuffle: bool, workers: int, generator=None) -> DataLoader:
-    return DataLoader(DetectionDataset(samples, transform), batch_size=batch_size, shuffle=shuffle,
-                      num_workers=workers, collate_fn=collate, generator=generator)
+def loader(dataset: DetectionDataset, batch_size: int, shuffle: bool, workers: int, generator=None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+                      generator=generator)
 
 
 def loss(model: nn.Module, batch, device: torch.device) -> torch.Tensor:

@@ -166,9 +166,11 @@ class DetectionModality:
     def hooks(self, recipe: Recipe, data, device: torch.device) -> Hooks:
         tf = frcnn.train_transforms(recipe.data.augment)
 
+        train_set = frcnn.DetectionDataset(data.train, tf)  # one for every epoch: kept loader workers hold copies
+
         def train_loader(epoch: int):
             gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
-            return frcnn.loader(data.train, tf, recipe.train.batch_size, True, loader_workers(recipe.data.num_workers), gen)
+            return frcnn.loader(train_set, recipe.train.batch_size, True, loader_workers(recipe.data.num_workers), gen)
 
         def evaluate(model: nn.Module) -> EvalResult:
             return self.evaluate(recipe, model, data, "val", device)
