@@ -6,8 +6,8 @@ forward skips) and plain DDP, per optimizer step, under torchrun with gloo on th
 
 Models as the suite builds them (random init): ResNet-18 at 64 px, batch 16 per rank, with the head alone
 trainable (the usual first stage) and with everything trainable; wav2vec2-tiny on 1 s clips, batch 4 per rank,
-everything trainable (its masking embedding is a trainable parameter that a step without a masked span does not
-use: plain DDP fails there). Each variant: a fresh DDP wrapper, 3 warm-up steps, then --steps timed; the variants
+everything trainable. Plain DDP fails at a stage's second step where a trainable parameter sits out a forward (none
+of these does; the except branch below records such a failure). Each variant: a fresh DDP wrapper, 3 warm-up steps, then --steps timed; the variants
 alternate over --rounds; medians reported by rank 0.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
         rows.append(row)
     if td.get_rank() == 0:
         doc = {"command": "python -m torch.distributed.run --standalone --nproc-per-node 2 "
-                          "benchmarks/bench_ddp_graph.py", "unit": "ms per optimizer step (median)",
+                          f"benchmarks/bench_ddp_graph.py --rounds {a.rounds} --steps {a.steps}", "unit": "ms per optimizer step (median)",
                "processes": td.get_world_size(), "threads_per_process": 1, "machine": platform.processor() or
                platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "rows": rows}
         text = json.dumps(doc, indent=1)

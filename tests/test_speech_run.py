@@ -200,3 +200,48 @@ def test_keyword_head_on_cached_features_matches_the_uncached_head(tmp_path, spe
         assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7) for k in a)
     a, b = (load_file(runs[m] / "checkpoints" / "best.safetensors") for m in ("false", "true"))
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_a_run_with_kept_loader_workers_stopped_inside_an_epoch_resumes_bitwise(tmp_path, monkeypatch):
+    """Speech seeds its augmentation by epoch (AudioDataset.set_epoch): with 2 kept loader workers the call reaches
+    each worker's copy, so a run stopped inside epoch 2 and resumed equals the one never stopped, bit for bit."""
+    import os
+    import signal
+
+    from suite.core.loop import _Trainer
+    from suite.core.stages import Interrupted
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""\
+name: sp
+task: speech-classification
+model: {{arch: wav2vec2-tiny, weights: none}}
+data:
+  format: synthetic:speech
+  root: {tmp_path / "data"}
+  synthetic: {{classes: [up, down], train_per_class: 4, val_per_class: 1}}
+  augment: standard
+  num_workers: 2
+schedule: [{{epochs: 2, train: all, lr: 1.0e-3}}]
+train: {{batch_size: 2, seed: 1, cache_features: false}}
+export: {{onnx: false}}
+""")
+    whole = run(recipe, [], tmp_path / "whole")
+    steps, real = [0], _Trainer._step
+
+    def step_then_signal(self):
+        real(self)
+        steps[0] += 1
+        if steps[0] == 5:  # 4 steps an epoch: the 1st of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(_Trainer, "_step", step_then_signal)
+    with pytest.raises(Interrupted):
+        run(recipe, [], tmp_path / "cut")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["position"]["batch"] == 1
+    resumed = run(None, resume=tmp_path / "cut")
+    a = load_file(str(whole.run_dir / "checkpoints" / "best.safetensors"))
+    b = load_file(str(resumed.run_dir / "checkpoints" / "best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_history(whole.run_dir / "history.csv", False) == read_history(resumed.run_dir / "history.csv", False)

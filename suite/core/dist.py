@@ -217,8 +217,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """A DDP replica for the stage's trainable parameters (frozen ones are not registered, so a stage that
     freezes most of the model sends only the trainable gradients). ``static_graph``: the same parameters take
-    part in every step of a stage, which lets DDP skip trainable parameters a forward never uses (Wav2Vec2's
-    mask embedding when nothing is masked) without find_unused_parameters' graph walk at every step."""
+    part in every step of a stage, which lets DDP skip a trainable parameter a forward never uses (a torchvision
+    or timm classifier built by name may have one) without find_unused_parameters' graph walk at every step.
+    benchmarks/bench_ddp_graph.py: 7-9% slower per step than plain DDP on a fully trainable ResNet-18 (gloo)."""
     if world() == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
