@@ -70,8 +70,13 @@ def set_trainable(groups: Sequence[ParamGroup], trainable: Sequence[str]) -> Non
         for p in g.params:
             p.requires_grad_(on)
         for module in g.modules:
-            if isinstance(getattr(module, "_requires_grad", None), bool):
+            if has_grad_flag(module):
                 module._requires_grad = on
+
+
+def has_grad_flag(module: nn.Module) -> bool:
+    """transformers' flag on a module that asks for its input's gradient while it is set (``_requires_grad``)."""
+    return isinstance(getattr(module, "_requires_grad", None), bool)
 
 
 def freeze_batchnorm(groups: Sequence[ParamGroup], trainable: Sequence[str]) -> None:

@@ -46,9 +46,13 @@ def autocast_dtype(precision: str, device: torch.device, auto: torch.dtype = tor
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
-        native = auto == torch.bfloat16 and torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native else torch.float16
+        return torch.bfloat16 if auto == torch.bfloat16 and native_bf16(device) else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """A CUDA device that runs bf16 itself (torch's plain is_bf16_supported() also says yes where it emulates it)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 @dataclass
@@ -447,7 +451,7 @@ class _Workers:
         if not isinstance(loader, DataLoader) or loader.num_workers == 0:
             return loader
         key = (loader.dataset, *(getattr(loader, k) for k in self.OPTIONS))
-        if self.key is None or any(a is not b and a != b for a, b in zip(key, self.key)):
+        if key != self.key:  # tuples compare items by identity first: the same dataset object, the same options
             self.close()
             self.batches = _EpochBatches()
             options = {k: getattr(loader, k) for k in self.OPTIONS}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from suite.core import checkpoint
-from suite.core.groups import ParamGroup, freeze_batchnorm
+from suite.core.groups import ParamGroup, freeze_batchnorm, has_grad_flag
 from suite.core.loop import FitOptions, Hooks, autocast_dtype, stage_optimizer
 from suite.core.schedule import Stage
 from suite.errors import UserError
@@ -47,8 +47,7 @@ def lr_find(model: nn.Module, groups: Sequence[ParamGroup], stage: Stage, hooks:
         raise ValueError(f"lr-find needs at least 5 steps, got {steps}")
     saved = copy.deepcopy(model.state_dict())
     flags = [p.requires_grad for p in model.parameters()]
-    module_flags = [(m, m._requires_grad) for m in model.modules()  # transformers' (groups.set_trainable)
-                    if isinstance(getattr(m, "_requires_grad", None), bool)]
+    module_flags = [(m, m._requires_grad) for m in model.modules() if has_grad_flag(m)]  # set_trainable turns them
     rng = checkpoint.rng_state()
     was_training = model.training
     try:

@@ -38,7 +38,7 @@ from suite.core import weights as W
 from suite.core.data import loader_workers
 from suite.core.export import OnnxIO
 from suite.core.groups import ParamGroup, group_names, make_groups, make_optimizer, optimizer_groups, set_trainable
-from suite.core.loop import FitOptions, NonFinite, check_replicas
+from suite.core.loop import FitOptions, NonFinite, check_replicas, native_bf16
 from suite.core.metrics import DetectionEvaluator, EvalResult
 from suite.core.progress import on_terminal
 from suite.core.schedule import Stage, group_lrs, trainable_groups
@@ -361,7 +361,7 @@ AUGMENT = {  # recipe data.augment -> Ultralytics hyper-parameters
 def stage_args(recipe, data_yaml: Path, stage: Stage, i: int, frozen: list[int], device: torch.device,
                run_dir: Path) -> dict:
     t = recipe.train
-    if t.precision == "bf16" and not (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)):
+    if t.precision == "bf16" and not native_bf16(device):
         raise UserError(f"train.precision: bf16 for YOLO needs a CUDA GPU with native bf16 (Ultralytics' autocast "
                         f"refuses it on {device.type if device.type != 'cuda' else 'this GPU'}): use auto or fp32")
     warm = (stage.warmup if stage.warmup is not None else recipe.optim.warmup) or 0.0

@@ -159,16 +159,13 @@ class SpeechModality:
         def evaluate(model: nn.Module) -> EvalResult:
             return self.evaluate(recipe, model, data, "val", device)
 
-        made: list = []  # one training dataset for every epoch (kept loader workers hold copies of it)
+        # one training dataset for every epoch (kept loader workers hold copies of it)
+        ds = sdata.AudioDataset(data.train, data, recipe.task, train=True, augment=recipe.data.augment,
+                                max_seconds=recipe.data.max_seconds, seed=recipe.train.seed, features=_features(recipe))
 
         def train_loader(epoch: int) -> DataLoader:
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
-            if not made:
-                made.append(sdata.AudioDataset(data.train, data, recipe.task, train=True, augment=recipe.data.augment,
-                                               max_seconds=recipe.data.max_seconds, seed=recipe.train.seed,
-                                               features=_features(recipe)))
-            ds = made[0]
             ds.set_epoch(epoch)  # here; in worker processes the kept loader calls it on their copies
             gen = torch.Generator().manual_seed(recipe.train.seed * 100_003 + epoch)
             n, bs = len(ds), recipe.train.batch_size
