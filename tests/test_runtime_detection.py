@@ -247,13 +247,28 @@ def yolo(tmp_path_factory):
     return folder, model
 
 
-def torch_yolo(model, imgs: list[Image.Image], conf: float, iou: float = 0.7) -> list[tuple]:
-    """Ultralytics' own postprocessing on the same letterboxed input: NMS, then scale_boxes."""
-    x = torch.from_numpy(np.stack([letterbox(im, LETTERBOX)[0] for im in imgs]))
-    with torch.inference_mode():
-        preds = non_max_suppression(model(x), conf, iou, max_det=300)
+def letterboxed(imgs: list[Image.Image]) -> np.ndarray:
+    return np.stack([letterbox(im, LETTERBOX)[0] for im in imgs])
+
+
+def ultralytics_post(raw: np.ndarray, imgs: list[Image.Image], conf: float, iou: float = 0.7) -> list[tuple]:
+    """Ultralytics' own postprocessing of a [B, 4 + nc, A] output: NMS, then scale_boxes."""
+    preds = non_max_suppression(torch.from_numpy(raw), conf, iou, max_det=300)
     return [(ops.scale_boxes((S, S), p[:, :4].clone(), (im.height, im.width)).numpy(), p[:, 4].numpy(),
              p[:, 5].numpy().astype(np.int64)) for p, im in zip(preds, imgs)]
+
+
+def yolo_reference(bundle: Bundle, model, imgs: list[Image.Image], batch: int, conf: float,
+                   iou: float = 0.7) -> list[tuple]:
+    """What Ultralytics makes of the bundle's own ONNX output, run in the batches predict() runs, after checking
+    that output against the torch model's on the same letterboxed input. Ultralytics on the torch output is not
+    the reference: outputs equal to float noise (boxes 1e-2 px apart) can put two boxes' IoU on either side of
+    the NMS threshold, which kept a box of score 0.271 on one side only at one thread on an Intel Xeon."""
+    x = letterboxed(imgs)
+    raw = np.concatenate([bundle.run(x[i:i + batch]) for i in range(0, len(x), batch)])
+    with torch.inference_mode():
+        np.testing.assert_allclose(raw, model(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=2e-2)
+    return ultralytics_post(raw, imgs, conf, iou)
 
 
 def check_same(dets: list[Detections], ref: list, box_atol: float = 1e-3) -> None:
@@ -276,8 +291,9 @@ def check_same(dets: list[Detections], ref: list, box_atol: float = 1e-3) -> Non
 def test_yolo_bundle_matches_ultralytics(yolo, conf):
     folder, model = yolo
     imgs = images()
-    dets = Bundle.load(folder).predict(imgs, batch_size=2, conf=conf)
-    check_same(dets, torch_yolo(model, imgs, conf or YOLO_POST["conf_threshold"]))
+    bundle = Bundle.load(folder)
+    dets = bundle.predict(imgs, batch_size=2, conf=conf)
+    check_same(dets, yolo_reference(bundle, model, imgs, 2, conf or YOLO_POST["conf_threshold"]))
     assert sum(map(len, dets)) > 50 and len({int(c) for d in dets for c in d.classes}) == len(LABELS)
     for d, im in zip(dets, imgs):  # boxes are in original pixels: inside the image
         assert (d.boxes[:, [0, 2]] <= im.width).all() and (d.boxes[:, [1, 3]] <= im.height).all()
@@ -307,7 +323,7 @@ def test_yolo_bundle_inputs_batches_and_run(yolo, tmp_path):
     assert bundle.is_detector
     strict = bundle.predict(imgs, iou=0.3, conf=0.5)
     assert sum(map(len, strict)) < sum(map(len, base))
-    check_same(strict, torch_yolo(model, imgs, conf=0.5, iou=0.3))
+    check_same(strict, yolo_reference(bundle, model, imgs, 8, conf=0.5, iou=0.3))
 
 
 def test_yolo_fixed_batch_export(yolo, tmp_path):
@@ -320,7 +336,7 @@ def test_yolo_fixed_batch_export(yolo, tmp_path):
     bundle = Bundle.load(fixed)
     assert bundle.session.get_inputs()[0].shape == [1, 3, S, S]
     imgs = images()
-    check_same(bundle.predict(imgs, batch_size=4), torch_yolo(model, imgs, 0.25))
+    check_same(bundle.predict(imgs, batch_size=4), yolo_reference(bundle, model, imgs, 1, 0.25))
 
 
 # ----------------------------------------------------------------------------- Faster R-CNN bundle
