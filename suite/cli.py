@@ -28,7 +28,8 @@ _set = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALU
 @_set
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<name>).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--resume", type=click.Path(file_okay=False, exists=True), help="Continue the run in DIR from its last checkpoint.")
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Continue the run in DIR from its last checkpoint (on several machines: DIR on machine 0).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--trust-weights", is_flag=True,
               help="Load weights files that pickle Python objects (they can run code): only files you trust.")

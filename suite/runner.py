@@ -100,9 +100,7 @@ def run(recipe_path: str | Path | None, overrides: Sequence[str] = (), out: str 
 def _run(recipe_path, overrides, out, dev: torch.device, resume, overwrite: bool, on_epoch_end) -> RunResult:
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / LAST).is_file():
-            raise UserError(f"cannot resume {run_dir}: no {LAST} there; start it with `suite run RECIPE`")
-        recipe = load_recipe(run_dir / rundir.RECIPE, overrides)
+        recipe = dist.from_main(lambda: _resumed_recipe(run_dir, overrides), "reading the run to resume")
     else:
         recipe = load_recipe(recipe_path, overrides)
         if not dist.is_main() and out:  # the launcher chose and checked the folder; rank 0 fills it
@@ -114,6 +112,14 @@ def _run(recipe_path, overrides, out, dev: torch.device, resume, overwrite: bool
             return run_recipe(recipe, run_dir, dev, resume is not None, on_epoch_end)
         except Interrupted as e:  # e.g. inside the scratch baseline: --resume takes the whole run's folder
             raise Interrupted(e.signum, run_dir, e.where) from None
+
+
+def _resumed_recipe(run_dir: Path, overrides: Sequence[str]) -> Recipe:
+    """The recipe of the run in ``run_dir``, which must hold a checkpoint to continue from. Under DDP rank 0 reads
+    it (dist.from_main): the run directory is on the first machine only."""
+    if not (run_dir / LAST).is_file():
+        raise UserError(f"cannot resume {run_dir}: no {LAST} there; start it with `suite run RECIPE`")
+    return load_recipe(run_dir / rundir.RECIPE, overrides)
 
 
 def next_free(path: Path) -> Path:
@@ -327,7 +333,7 @@ def _baseline(name: str, recipe: Recipe, run_dir: Path, device: torch.device, re
     start = "from random init" if name == "scratch" else f"of a linear head on {recipe.model.weights}'s frozen features"
     if dist.is_main():  # under --nproc every rank trains the baseline; one says so
         log(f"[{recipe.name}] baseline '{name}': {sub.schedule[0].epochs} epochs {start}")
-    again = resume and (sub_dir / LAST).is_file()
+    again = resume and dist.from_main(lambda: (sub_dir / LAST).is_file(), "looking for the baseline's checkpoint")
     result = run_recipe(sub, sub_dir, device, again)
     return {split: result.metrics[split] for split in ("val", "test") if result.metrics.get(split)}  # {}: rank > 0
 

@@ -3,6 +3,7 @@ checks it and says so), only rank 0 writes the run directory, and with BatchNorm
 result equals a single-process run with the same global batch to float rounding."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -133,29 +134,55 @@ def test_speech_and_faster_rcnn_train_under_two_gloo_processes(kind, tmp_path):
     """Wav2Vec2 (its loss reads the model's config through the DDP wrapper) and Faster R-CNN (a frozen backbone,
     then all of it) under DDP: every rank ends with the same weights and one run directory is written. Faster
     R-CNN runs as two machines of one process each (`--nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT`, two
-    launches here): the launch given --node-rank 0 holds rank 0 (the run directory, the log) even when the other
-    machine joins first (torchrun's c10d rendezvous ignores --node-rank; the static one keeps it)."""
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(OTHER_LOOPS[kind].format(root=tmp_path / "data"))
-    out = tmp_path / "ddp"
+    launches here), each in a folder of its own with its own cache, as machines without a shared filesystem:
+    the launch given --node-rank 0 holds rank 0 (the run directory, the log) even when the other machine joins
+    first (torchrun's c10d rendezvous ignores --node-rank; the static one keeps it), each machine generates its
+    own copy of the data, and a run stopped inside its first epoch resumes with the run directory on machine 0
+    only: the same history and weights as the uninterrupted run."""
     if kind == "speech":
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(OTHER_LOOPS[kind].format(root=tmp_path / "data"))
+        out = tmp_path / "ddp"
         done = subprocess.run([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "2", "--device", "cpu",
                                "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         log = done.stdout + done.stderr
     else:
-        logs = _two_machines(recipe, out, tmp_path)
+        machines = [tmp_path / "m0", tmp_path / "m1"]
+        for m in machines:
+            m.mkdir()
+            (m / "r.yaml").write_text(OTHER_LOOPS[kind].format(root="data"))  # relative: each machine's own
+        codes, logs = _two_machines(machines, ["r.yaml", "--out", "run"])
+        assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
         assert "run directory:" not in logs[1] and "training on" not in logs[1]  # node 1: a worker, no writer
-        log = logs[0]
+        assert not any((machines[1] / "run").rglob("*"))  # nor a file
+        assert (machines[1] / "data").is_dir()  # machine 1 made its own copy of the generated data
+        log, out = logs[0], machines[0] / "run"
     assert "x 2 processes (DDP" in log and "2 ranks agree:" in log and log.count("run directory:") == 1
     assert len(read_history(out / "history.csv")) == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.safetensors", "last.pt"]
+    if kind == "speech":
+        return
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(STOP_AFTER_STEP)
+    codes, logs = _two_machines(machines, ["r.yaml", "--out", "cut"],
+                                {"PYTHONPATH": str(tmp_path / "hook"), "STOP_AFTER_STEP": "1"})
+    assert codes[0] == 143 and "interrupted; continue with: suite run --resume cut --nproc 1" in logs[0], logs[0]
+    assert torch.load(machines[0] / "cut" / "checkpoints" / "last.pt", weights_only=True)["position"]["batch"] == 1
+    shutil.rmtree(machines[1] / "cut")  # machine 1 has no copy of the run directory
+    codes, logs = _two_machines(machines, ["--resume", "cut"])
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    cut = machines[0] / "cut"
+    assert read_history(cut / "history.csv", False) == read_history(out / "history.csv", False)
+    x, y = load_file(out / "checkpoints" / "best.safetensors"), load_file(cut / "checkpoints" / "best.safetensors")
+    assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-def _two_machines(recipe: Path, out: Path, cwd: Path) -> list[str]:
-    """Node 1's launch, then (once its torchrun is up, so that c10d would rank it 0: the lowest pid of one host
-    goes first) node 0's; both outputs, node 0's first."""
+def _two_machines(machines: list[Path], args: list[str], env: dict | None = None) -> tuple[list[int], list[str]]:
+    """`suite run ARGS` as two machines of one process each, machine i in folder ``machines[i]`` with a cache of
+    its own: node 1's launch first, then (once its torchrun is up, so that c10d would rank it 0: the lowest pid of
+    one host goes first) node 0's. Exit codes and outputs, node 0's first."""
     import socket
 
     with socket.socket() as s:
@@ -163,10 +190,12 @@ def _two_machines(recipe: Path, out: Path, cwd: Path) -> list[str]:
         port = s.getsockname()[1]
 
     def node(rank: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "suite.cli", "run", str(recipe), "--nproc", "1", "--nnodes", "2",
-                                 "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}", "--device", "cpu",
-                                 "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cwd = machines[rank]
+        return subprocess.Popen([sys.executable, "-m", "suite.cli", "run", *args, "--nproc", "1", "--nnodes", "2",
+                                 "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}", "--device", "cpu"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "SUITE_CACHE": str(cwd / "cache"),
+                                     **(env or {})})
 
     second = node(1)
     children = Path(f"/proc/{second.pid}/task/{second.pid}/children")
@@ -176,8 +205,7 @@ def _two_machines(recipe: Path, out: Path, cwd: Path) -> list[str]:
         time.sleep(0.05)
     first = node(0)
     logs = [p.communicate(timeout=300)[0] for p in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    return logs
+    return [first.returncode, second.returncode], logs
 
 
 def test_sync_batchnorm_swaps_layers_in_place_and_keeps_groups_freezing_them(monkeypatch):
@@ -466,3 +494,54 @@ def test_a_data_mistake_under_nproc_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2, log[-3000:]
     assert log.count("error: data root") == 1 and "nothere does not exist" in log
     assert "Traceback" not in log and "Connection closed" not in log
+
+
+def _main_first_rank(rank: int, port: int, folder: str) -> None:
+    """One of 4 gloo ranks on '2 machines' of 2 (LOCAL_RANK 0, 1, 0, 1): main_first twice, the second time with
+    rank 2 (machine 1's first process) failing; what each call did goes to folder/RANK.json."""
+    import torch.distributed as td
+
+    from suite.core import dist
+    from suite.errors import PeerStopped, UserError
+
+    os.environ["LOCAL_RANK"] = str(rank % 2)
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
+    spans, results = [], []
+
+    def make(fail: bool):
+        began = time.monotonic()
+        time.sleep(0.05)
+        spans.append((began, time.monotonic()))
+        if fail:
+            raise UserError("disk full")
+        return rank
+
+    for fail in (False, rank == 2):
+        try:
+            results.append(["made", dist.main_first(lambda: make(fail), "loading the data")])
+        except PeerStopped as e:
+            results.append(["peer", str(e)])
+        except UserError as e:
+            results.append(["error", str(e)])
+    td.destroy_process_group()
+    Path(folder, f"{rank}.json").write_text(json.dumps({"spans": spans, "results": results}))
+
+
+def test_main_first_goes_rank_0_then_each_machines_first_process_then_the_rest(tmp_path):
+    """Machines with disks of their own: rank 0 makes first, then each other machine's first process (which
+    writes that machine's copy), then the rest, which find it made. A failure there is that rank's error, one
+    line on rank 0 naming it, and a silent stop elsewhere."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_main_first_rank, args=(port, str(tmp_path)), nprocs=4)
+    done = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(4)]
+    assert [d["results"][0] for d in done] == [["made", r] for r in range(4)]
+    first = [d["spans"][0] for d in done]
+    assert first[0][1] <= first[2][0] and first[2][1] <= min(first[1][0], first[3][0])  # 0, then 2, then 1 and 3
+    second = [d["results"][1] for d in done]
+    assert second[2] == ["error", "disk full"] and second[0] == ["error", "rank 2 stopped while loading the data "
+                                                                          "(UserError: disk full)"]
+    assert second[1][0] == second[3][0] == "peer" and [len(d["spans"]) for d in done] == [2, 1, 2, 1]

@@ -96,24 +96,68 @@ def broadcast(obj):
     return box[0]
 
 
+def local_rank() -> int:
+    """This process's number on its own machine (torchrun's LOCAL_RANK)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def main_first(make: Callable[[], T], what: str) -> T:
-    """``make()`` on rank 0, then on the others, which find what rank 0 wrote (generated data, a content-keyed
-    folder) ready instead of writing it at the same time. When rank 0 fails the others raise PeerStopped (no
-    line of their own) instead of failing in their next collective."""
+    """``make()`` on rank 0, then on the first process of each other machine, then on the rest, so that each
+    finds what the one before it wrote (generated data, a content-keyed folder) ready instead of writing it at the
+    same time: on one machine, or several sharing a filesystem, rank 0's copy; on machines with disks of their
+    own, that machine's first process's. When one fails, it raises its error, rank 0 names it in one line (so
+    the first machine's terminal says why), and the others raise PeerStopped (no line of their own) instead of
+    failing in their next collective."""
     if world() == 1:
         return make()
+    turn = 0 if is_main() else 1 if local_rank() == 0 else 2
+    made = None
+    for now in range(3):
+        error: BaseException | None = None
+        if turn == now:
+            try:
+                made = make()
+            except BaseException as e:
+                error = e
+        failed = [(r, f) for r, f in enumerate(all_ranks(None if error is None else f"{type(error).__name__}: "
+                                                          f"{error}")) if f is not None]
+        if error is not None:
+            raise error
+        if failed:
+            r, message = failed[0]
+            if is_main():
+                raise UserError(f"rank {r} stopped while {what} ({message})")
+            raise PeerStopped(f"rank {r} stopped while {what} ({message})")
+    return made
+
+
+def from_main(read: Callable[[], T], what: str) -> T:
+    """``read()`` on rank 0 alone, and its result on every rank: for what only the first machine holds (the run
+    directory, whose recipe and checkpoint a resumed run reads), so that the other machines need neither a copy
+    nor a shared filesystem. When rank 0 fails the others raise PeerStopped."""
+    if world() == 1:
+        return read()
     if is_main():
         try:
-            made = make()
+            value = read()
         except BaseException as e:
-            broadcast(f"{type(e).__name__}: {e}")
+            broadcast((False, f"{type(e).__name__}: {e}"))
             raise
-        broadcast(None)
-        return made
-    failed = broadcast(None)
-    if failed is not None:
-        raise PeerStopped(f"rank 0 stopped while {what} ({failed})")
-    return make()
+        broadcast((True, value))
+        return value
+    ok, value = broadcast(None)
+    if not ok:
+        raise PeerStopped(f"rank 0 stopped while {what} ({value})")
+    return value
+
+
+def all_ranks(obj) -> list:
+    """Every rank's ``obj``, on every rank."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    td.all_gather_object(out, obj)
+    return out
 
 
 def gather(obj) -> list | None:
