@@ -32,8 +32,8 @@ def launch(recipe: str | None, overrides: Sequence[str], out: str | None, device
     worker = [sys.executable, "-m", "suite.cli", "run"]
     if resume:
         worker += ["--resume", str(resume)]
-        saved = Path(resume) / rundir.RECIPE
-        parsed = load_recipe(saved, overrides) if saved.is_file() else None  # no recipe: the workers say so
+        saved = Path(resume) / rundir.RECIPE  # machine 0's; another machine's copy may be stale: rank 0's counts
+        parsed = load_recipe(saved, overrides) if saved.is_file() and node_rank == 0 else None  # the workers check
     else:
         parsed = load_recipe(recipe, overrides)  # a recipe mistake stops here, before any process starts
     if parsed is not None:

@@ -145,13 +145,13 @@ def run_recipe(recipe: Recipe, run_dir: Path, device: torch.device, resume: bool
     start = time.perf_counter()
     check_task_options(recipe)
     dist.wants_sync_batchnorm(recipe.train.sync_batchnorm, device)  # true on CPU: the error before any data work
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror or e}); choose another --out") \
-            from None
-    main = dist.is_main()  # under DDP only rank 0 writes the run directory
+    main = dist.is_main()  # under DDP only rank 0 writes the run directory (the other machines have none)
     if main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the run directory {run_dir} ({e.strerror or e}); choose another --out") \
+                from None
         checkpoint.atomic_write_text(run_dir / rundir.RECIPE, dump_recipe(recipe))
     mod = modality_for(recipe.task)
     if dist.world() > 1:  # torchrun started without `suite run --nproc`, whose launcher checks this first

@@ -267,7 +267,9 @@ def yolo_reference(bundle: Bundle, model, imgs: list[Image.Image], batch: int, c
     x = letterboxed(imgs)
     raw = np.concatenate([bundle.run(x[i:i + batch]) for i in range(0, len(x), batch)])
     with torch.inference_mode():
-        np.testing.assert_allclose(raw, model(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=2e-2)
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(raw[:, :4], ref[:, :4], rtol=1e-3, atol=2e-2)  # box pixels: 1.2e-2 apart seen
+    np.testing.assert_allclose(raw[:, 4:], ref[:, 4:], atol=1e-4)  # class scores: 2.6e-5 apart seen
     return ultralytics_post(raw, imgs, conf, iou)
 
 

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from suite.errors import DiskError, UserError
 
@@ -202,13 +202,14 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
-def load_state(path: str | os.PathLike) -> dict:
+def load_state(path: str | os.PathLike, data: BinaryIO | None = None) -> dict:
     """A resume state written by ``save_state``: tensors and plain containers only (``weights_only=True``), so
-    a file that was swapped for one carrying code is refused, not run."""
+    a file that was swapped for one carrying code is refused, not run. ``data``: the file's bytes, received from
+    the machine that holds ``path`` (dist.load_from_main)."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path if data is None else data, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:  # truncated by a full disk, replaced, or not written by this suite

@@ -9,10 +9,12 @@ recipe's workers run Ultralytics' trainer as its own DDP workers on this process
 """
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TypeVar
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import torch
 import torch.distributed as td
@@ -101,13 +103,18 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def machine() -> int:
+    """This process's machine: torchrun's GROUP_RANK (the --node-rank under the suite's static rendezvous)."""
+    return int(os.environ.get("GROUP_RANK", "0"))
+
+
 def main_first(make: Callable[[], T], what: str) -> T:
     """``make()`` on rank 0, then on the first process of each other machine, then on the rest, so that each
     finds what the one before it wrote (generated data, a content-keyed folder) ready instead of writing it at the
     same time: on one machine, or several sharing a filesystem, rank 0's copy; on machines with disks of their
-    own, that machine's first process's. When one fails, it raises its error, rank 0 names it in one line (so
-    the first machine's terminal says why), and the others raise PeerStopped (no line of their own) instead of
-    failing in their next collective."""
+    own, that machine's first process's. When one fails, it raises its error; rank 0 names it in one line when
+    it ran on another machine (so that the first machine's terminal says why), and the others raise PeerStopped
+    (no line of their own) instead of failing in their next collective."""
     if world() == 1:
         return make()
     turn = 0 if is_main() else 1 if local_rank() == 0 else 2
@@ -119,14 +126,14 @@ def main_first(make: Callable[[], T], what: str) -> T:
                 made = make()
             except BaseException as e:
                 error = e
-        failed = [(r, f) for r, f in enumerate(all_ranks(None if error is None else f"{type(error).__name__}: "
-                                                          f"{error}")) if f is not None]
+        news = all_ranks(None if error is None else (machine(), f"{type(error).__name__}: {error}"))
         if error is not None:
             raise error
+        failed = [(r, *f) for r, f in enumerate(news) if f is not None]
         if failed:
-            r, message = failed[0]
-            if is_main():
-                raise UserError(f"rank {r} stopped while {what} ({message})")
+            r, where, message = failed[0]
+            if is_main() and where != machine():  # its own line is on another machine's terminal
+                raise UserError(f"rank {r} (machine {where}) stopped while {what} ({message})")
             raise PeerStopped(f"rank {r} stopped while {what} ({message})")
     return made
 
@@ -149,6 +156,53 @@ def from_main(read: Callable[[], T], what: str) -> T:
     if not ok:
         raise PeerStopped(f"rank 0 stopped while {what} ({value})")
     return value
+
+
+def load_from_main(path: Path, load: Callable[[Path, BinaryIO | None], T], what: str) -> T:
+    """``load(path, None)`` on each rank that sees rank 0's file (the same size and modification time: one machine,
+    a shared disk, or a copy kept in sync), ``load(path, bytes of rank 0's file)`` on the others: for a checkpoint
+    in the run directory, which machine 0 holds. The file's own bytes travel, once, to the ranks that need them
+    (a gloo group of those, in CPU memory; not the loaded state pickled again, nor through the GPUs). When rank 0
+    has no file it raises its own error and the others raise PeerStopped."""
+    if world() == 1:
+        return load(path, None)
+
+    def stamp():
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    stamps = all_ranks(stamp())
+    if stamps[0] is None:
+        if is_main():
+            return load(path, None)  # its error (no file: the caller checked; unreadable)
+        raise PeerStopped(f"rank 0 stopped while {what} ({path} not readable there)")
+    need = [r for r, s in enumerate(stamps) if s != stamps[0]]
+    if not need:
+        return load(path, None)
+    group = td.new_group([0, *need], backend="gloo")  # every rank creates it; only these take part
+    try:
+        data = None
+        if is_main():
+            blob = torch.empty(stamps[0][0], dtype=torch.uint8)
+            view, done = memoryview(blob.numpy()), 0
+            with open(path, "rb") as f:
+                while done < len(view):  # one read returns at most ~2 GB on Linux
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise UserError(f"{path} shrank while {what}; run --resume again")
+                    done += got
+            td.broadcast(blob, src=0, group=group)
+        elif rank() in need:
+            blob = torch.empty(stamps[0][0], dtype=torch.uint8)
+            td.broadcast(blob, src=0, group=group)
+            data = io.BytesIO(blob.numpy().tobytes())
+            del blob
+    finally:
+        td.destroy_process_group(group)
+    return load(path, data)
 
 
 def all_ranks(obj) -> list:

@@ -347,7 +347,7 @@ def fit(model: nn.Module, groups: Sequence[ParamGroup], stages: Sequence[Stage],
     if hooks.prepare is not None:
         hooks.prepare(model)
     trainer = _Trainer(model, groups, stages, hooks, opts, run_dir, device)
-    saved = dist.from_main(lambda: checkpoint.load_state(Path(run_dir) / LAST), "reading the checkpoint") \
+    saved = dist.load_from_main(Path(run_dir) / LAST, checkpoint.load_state, "reading the checkpoint") \
         if resume else None  # the first machine's: the others need no copy of the run directory
     pos = _restore(trainer, saved) if saved else Position()
     writer = tensorboard(Path(run_dir) / "tb", purge_step=pos.epoch) if dist.is_main() else None

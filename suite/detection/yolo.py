@@ -468,7 +468,7 @@ def _save(run_dir: Path, model, pos: Position, best: dict, trainer=None) -> None
 def _restore(model, run_dir: Path, best: dict, write: bool = True) -> tuple[Position, dict | None]:
     """The saved state: weights, position, history and best weights (a stage cut short by a kill may have
     written a later best.safetensors: it is put back to the checkpoint's); inside a stage, Ultralytics' state."""
-    saved = dist.from_main(lambda: checkpoint.load_state(run_dir / LAST), "reading the checkpoint")  # machine 0's
+    saved = dist.load_from_main(run_dir / LAST, checkpoint.load_state, "reading the checkpoint")  # machine 0's
     if saved.get("trainer") != "ultralytics":
         raise UserError(f"{run_dir / LAST} was not written by a YOLO run; start again with `suite run` and --overwrite")
     model.load_state_dict(saved["model"])
