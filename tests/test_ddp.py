@@ -548,3 +548,32 @@ def test_main_first_goes_rank_0_then_each_machines_first_process_then_the_rest(t
     third = [d["results"][2] for d in done]  # machine 0's terminal has rank 1's line: rank 0 adds none
     assert third[1] == ["error", "disk full"] and third[0][0] == third[2][0] == third[3][0] == "peer"
     assert [len(d["spans"]) for d in done] == [3, 2, 3, 2]  # rank 3 stopped before its turn in the second
+
+
+def test_gloo_across_machines_uses_the_interface_that_reaches_machine_0(monkeypatch):
+    """gloo advertises the address the host name resolves to, loopback where /etc/hosts says so, and the other
+    machines are refused (benchmarks/netns_two_machines.sh); across machines the interface that routes to
+    MASTER_ADDR is set instead, unless the user set one. One machine, or a loopback route: left to gloo."""
+    import _socket
+    import socket
+
+    from suite.core import dist
+
+    monkeypatch.setattr(socket.socket, "connect", _socket.socket.connect)  # a UDP connect: a route, no packet
+    addresses = dist.ipv4_addresses()
+    assert addresses.get("lo") == "127.0.0.1"
+    outside = {name: ip for name, ip in addresses.items() if not ip.startswith("127.")}
+    assert outside, f"no non-loopback IPv4 interface here: {addresses}"
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    for name, ip in outside.items():
+        monkeypatch.setenv("MASTER_ADDR", ip)
+        monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+        assert dist.gloo_interface() is None and "GLOO_SOCKET_IFNAME" not in os.environ  # one machine
+        monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+        assert dist.gloo_interface() == name and os.environ["GLOO_SOCKET_IFNAME"] == name
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "mine0")
+        assert dist.gloo_interface() is None and os.environ["GLOO_SOCKET_IFNAME"] == "mine0"  # the user's stays
+        monkeypatch.delenv("GLOO_SOCKET_IFNAME")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert dist.gloo_interface() is None and "GLOO_SOCKET_IFNAME" not in os.environ

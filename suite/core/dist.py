@@ -56,9 +56,57 @@ def init(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     global _joined
     if not td.is_initialized():
+        if device.type != "cuda":
+            gloo_interface()
         td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
         _joined = True
     return device
+
+
+def gloo_interface() -> str | None:
+    """For gloo across machines: GLOO_SOCKET_IFNAME, when unset, becomes the interface this machine reaches machine
+    0 (MASTER_ADDR) through. Otherwise gloo advertises the address the host name resolves to, a loopback one where
+    /etc/hosts maps it so (Debian's 127.0.1.1), and the other machines' connections are refused ("Gloo
+    connectFullMesh failed ... remote=[127.0.0.1]", seen between two network namespaces here). NCCL picks a
+    non-loopback interface itself. Returns the interface set, or None."""
+    env = os.environ
+    if env.get("GLOO_SOCKET_IFNAME") or int(env.get("GROUP_WORLD_SIZE", "1")) < 2 or not env.get("MASTER_ADDR"):
+        return None
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((env["MASTER_ADDR"], int(env.get("MASTER_PORT", "29500"))))  # UDP: no packet, just a route
+            local = s.getsockname()[0]
+        name = _interface_of(local)
+    except (OSError, ValueError):  # an IPv6-only route or no such interface list: gloo's own choice stands
+        return None
+    if name is None or local.startswith("127."):
+        return None
+    env["GLOO_SOCKET_IFNAME"] = name
+    return name
+
+
+def _interface_of(address: str) -> str | None:
+    """The name of the interface holding IPv4 ``address``."""
+    return next((name for name, held in ipv4_addresses().items() if held == address), None)
+
+
+def ipv4_addresses() -> dict[str, str]:
+    """Each interface's IPv4 address (Linux: SIOCGIFADDR on each interface; those without one are left out)."""
+    import fcntl
+    import socket
+    import struct
+
+    found = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:  # no IPv4 address on it
+                continue
+            found[name] = socket.inet_ntoa(raw[20:24])
+    return found
 
 
 TIMEOUT_ENV = "SUITE_DIST_TIMEOUT_S"
