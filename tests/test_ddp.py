@@ -564,7 +564,8 @@ def test_gloo_across_machines_uses_the_interface_that_reaches_machine_0(monkeypa
     assert addresses.get("lo") == "127.0.0.1"
     outside = {name: ip for name, ip in addresses.items() if not ip.startswith("127.")}
     assert outside, f"no non-loopback IPv4 interface here: {addresses}"
-    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "")  # recorded as it was, so what the function sets is undone after
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
     monkeypatch.setenv("MASTER_PORT", "29500")
     for name, ip in outside.items():
         monkeypatch.setenv("MASTER_ADDR", ip)
@@ -575,5 +576,7 @@ def test_gloo_across_machines_uses_the_interface_that_reaches_machine_0(monkeypa
         monkeypatch.setenv("GLOO_SOCKET_IFNAME", "mine0")
         assert dist.gloo_interface() is None and os.environ["GLOO_SOCKET_IFNAME"] == "mine0"  # the user's stays
         monkeypatch.delenv("GLOO_SOCKET_IFNAME")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    assert dist.gloo_interface() is None and "GLOO_SOCKET_IFNAME" not in os.environ
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # machine 0's own name, loopback in its /etc/hosts: the
+    rows = [line.split() for line in Path("/proc/net/route").read_text().splitlines()[1:]]  # default route's
+    default = next((r[0] for r in rows if r[1] == "00000000" and r[0] in outside), None)   # interface, if any
+    assert dist.gloo_interface() == default and os.environ.get("GLOO_SOCKET_IFNAME") == default

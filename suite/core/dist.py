@@ -56,8 +56,7 @@ def init(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     global _joined
     if not td.is_initialized():
-        if device.type != "cuda":
-            gloo_interface()
+        gloo_interface()  # also under NCCL: a resume's checkpoint goes to other machines over gloo
         td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
         _joined = True
     return device
@@ -67,19 +66,24 @@ def gloo_interface() -> str | None:
     """For gloo across machines: GLOO_SOCKET_IFNAME, when unset, becomes the interface this machine reaches machine
     0 (MASTER_ADDR) through. Otherwise gloo advertises the address the host name resolves to, a loopback one where
     /etc/hosts maps it so (Debian's 127.0.1.1), and the other machines' connections are refused ("Gloo
-    connectFullMesh failed ... remote=[127.0.0.1]", seen between two network namespaces here). NCCL picks a
-    non-loopback interface itself. Returns the interface set, or None."""
+    connectFullMesh failed ... remote=[127.0.0.1]", seen between two network namespaces here). Set under NCCL too
+    (NCCL picks its own interface, but a resume sends the checkpoint over gloo). Returns the interface, or None."""
     env = os.environ
     if env.get("GLOO_SOCKET_IFNAME") or int(env.get("GROUP_WORLD_SIZE", "1")) < 2 or not env.get("MASTER_ADDR"):
         return None
     import socket
 
-    try:
+    def source(host: str, port: int) -> str:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((env["MASTER_ADDR"], int(env.get("MASTER_PORT", "29500"))))  # UDP: no packet, just a route
-            local = s.getsockname()[0]
+            s.connect((host, port))  # UDP: no packet, just the route's source address
+            return s.getsockname()[0]
+
+    try:
+        local = source(env["MASTER_ADDR"], int(env.get("MASTER_PORT", "29500")))
+        if local.startswith("127."):  # machine 0 named by a host name /etc/hosts maps to loopback there
+            local = source("192.0.2.1", 9)  # the default route's address (TEST-NET-1: nothing is sent)
         name = _interface_of(local)
-    except (OSError, ValueError):  # an IPv6-only route or no such interface list: gloo's own choice stands
+    except (OSError, ValueError):  # no IPv4 route, or no interface list: gloo's own choice stands
         return None
     if name is None or local.startswith("127."):
         return None
@@ -230,27 +234,42 @@ def load_from_main(path: Path, load: Callable[[Path, BinaryIO | None], T], what:
     need = [r for r, s in enumerate(stamps) if s != stamps[0]]
     if not need:
         return load(path, None)
-    group = td.new_group([0, *need], backend="gloo")  # every rank creates it; only these take part
+    blob = None
+    if is_main():  # read before anyone waits in the transfer: a failed read stops every rank cleanly
+        try:
+            blob = _read_all(path, stamps[0][0], what)
+        except BaseException as e:
+            broadcast(f"{type(e).__name__}: {e}")
+            raise
+        broadcast(None)
+    elif (failed := broadcast(None)) is not None:
+        raise PeerStopped(f"rank 0 stopped while {what} ({failed})")
+    group = td.new_group([0, *need], timeout=timeout(), backend="gloo")  # every rank creates it; these take part
     try:
         data = None
         if is_main():
-            blob = torch.empty(stamps[0][0], dtype=torch.uint8)
-            view, done = memoryview(blob.numpy()), 0
-            with open(path, "rb") as f:
-                while done < len(view):  # one read returns at most ~2 GB on Linux
-                    got = f.readinto(view[done:])
-                    if not got:
-                        raise UserError(f"{path} shrank while {what}; run --resume again")
-                    done += got
             td.broadcast(blob, src=0, group=group)
         elif rank() in need:
             blob = torch.empty(stamps[0][0], dtype=torch.uint8)
             td.broadcast(blob, src=0, group=group)
             data = io.BytesIO(blob.numpy().tobytes())
-            del blob
+        del blob
     finally:
         td.destroy_process_group(group)
     return load(path, data)
+
+
+def _read_all(path: Path, size: int, what: str) -> torch.Tensor:
+    """The file's ``size`` bytes, read into one uint8 tensor."""
+    blob = torch.empty(size, dtype=torch.uint8)
+    view, done = memoryview(blob.numpy()), 0
+    with open(path, "rb") as f:
+        while done < size:  # one read returns at most ~2 GB on Linux
+            got = f.readinto(view[done:])
+            if not got:
+                raise UserError(f"{path} shrank while {what}; run --resume again")
+            done += got
+    return blob
 
 
 def all_ranks(obj) -> list:
