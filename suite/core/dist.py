@@ -234,26 +234,18 @@ def load_from_main(path: Path, load: Callable[[Path, BinaryIO | None], T], what:
     need = [r for r, s in enumerate(stamps) if s != stamps[0]]
     if not need:
         return load(path, None)
-    blob = None
-    if is_main():  # read before anyone waits in the transfer: a failed read stops every rank cleanly
-        try:
-            blob = _read_all(path, stamps[0][0], what)
-        except BaseException as e:
-            broadcast(f"{type(e).__name__}: {e}")
-            raise
-        broadcast(None)
-    elif (failed := broadcast(None)) is not None:
-        raise PeerStopped(f"rank 0 stopped while {what} ({failed})")
+    read: list[torch.Tensor] = []  # rank 0 reads before anyone waits in the transfer: a failed read stops all
+    from_main(lambda: read.append(_read_all(path, stamps[0][0], what)), what)
     group = td.new_group([0, *need], timeout=timeout(), backend="gloo")  # every rank creates it; these take part
     try:
         data = None
         if is_main():
-            td.broadcast(blob, src=0, group=group)
+            td.broadcast(read.pop(), src=0, group=group)
         elif rank() in need:
             blob = torch.empty(stamps[0][0], dtype=torch.uint8)
             td.broadcast(blob, src=0, group=group)
             data = io.BytesIO(blob.numpy().tobytes())
-        del blob
+            del blob
     finally:
         td.destroy_process_group(group)
     return load(path, data)
